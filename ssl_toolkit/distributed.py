@@ -1,0 +1,66 @@
+"""Everything that touches torch.distributed, with single-process fallbacks.
+
+Without an initialised process group every function here acts as if there were one process,
+so the library runs unchanged under plain `python`, `accelerate launch` or `torchrun`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_autograd
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def _row_counts(tensor: torch.Tensor) -> list[int]:
+    count = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+    counts = [torch.zeros_like(count) for _ in range(world_size())]
+    dist.all_gather(counts, count)
+    return [int(c.item()) for c in counts]
+
+
+def gather_rows(tensor: torch.Tensor, *, with_grad: bool = True) -> tuple[torch.Tensor, int]:
+    """Concatenate `tensor` (N, ...) from every process along dim 0.
+
+    Processes may hold different N. With `with_grad`, the gather is differentiable: each process
+    receives the gradient that every process's loss sends to its rows (summed), which is what makes
+    a loss over gathered negatives equal to the single-process loss over the concatenated batch.
+
+    Returns:
+        The gathered tensor (sum of N over processes, ...) and the row where this process's rows start.
+    """
+    if not is_distributed():
+        return tensor, 0
+    counts = _row_counts(tensor)
+    largest = max(counts)
+    padded = tensor
+    if tensor.shape[0] < largest:  # all_gather needs equal shapes
+        padding = tensor.new_zeros((largest - tensor.shape[0], *tensor.shape[1:]))
+        padded = torch.cat([tensor, padding])
+    if with_grad:
+        pieces = dist_autograd.all_gather(padded.contiguous())
+    else:
+        pieces = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(pieces, padded.contiguous())
+    gathered = torch.cat([piece[:count] for piece, count in zip(pieces, counts, strict=True)])
+    return gathered, sum(counts[: rank()])
+
+
+def global_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum of a (non-differentiable) tensor over processes, e.g. a count of valid anchors."""
+    if not is_distributed():
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total

@@ -1,0 +1,249 @@
+"""The pretraining loop, on Hugging Face Accelerate: one loop for every loss and method."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+
+from ssl_toolkit.augment import create_view_transform
+from ssl_toolkit.config import Config, ConfigError, save_config, to_dict
+from ssl_toolkit.data import create_dataset
+from ssl_toolkit.losses import create_loss
+from ssl_toolkit.models import EncoderSpec, create_encoder, save_encoder
+from ssl_toolkit.optim import create_optimizer, scale_lr, warmup_cosine_lr
+
+CHECKPOINT_PREFIX = "step_"
+CHECKPOINTS_KEPT = 2
+
+
+class TrainingProgress:
+    """The step counter, saved and restored with Accelerate's checkpoints."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Completed checkpoints of a run, oldest first."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int) -> Path:
+    """`save_state` into a temporary folder, renamed into place only once complete.
+
+    A save killed halfway leaves a `.tmp` folder that resume ignores, so the previous checkpoint
+    stays the latest usable one.
+    """
+    root = run_dir / "checkpoints"
+    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
+    partial = root / f".tmp_{CHECKPOINT_PREFIX}{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        for old in checkpoint_dirs(run_dir)[:-CHECKPOINTS_KEPT]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _resume_dir(run_dir: Path, resume: str | None) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = checkpoint_dirs(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise ConfigError(f"train.resume={resume!r} is not a checkpoint folder; use auto or a path under checkpoints/")
+    return path
+
+
+def _init_trackers(accelerator: Accelerator, config: Config, run_dir: Path) -> None:
+    if not config.log.trackers:
+        return
+    init_kwargs = {}
+    if "wandb" in config.log.trackers:
+        # Offline unless the user asks otherwise, so a run never needs an account or a network.
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        init_kwargs["wandb"] = {"name": config.run.name, "dir": str(run_dir)}
+    accelerator.init_trackers("ssl_toolkit", config=to_dict(config), init_kwargs=init_kwargs)
+
+
+def pretrain(config: Config) -> Path:
+    """Run self-supervised pretraining as configured; returns the run directory.
+
+    Writes `config.yaml`, `metrics.jsonl`, `checkpoints/` and, at the end, `encoder.safetensors`.
+    """
+    run_dir = config.run_dir
+    accelerator = Accelerator(
+        mixed_precision=config.train.mixed_precision,
+        log_with=list(config.log.trackers) or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
+    )
+    set_seed(config.seed)  # before building the model, so the seed decides its initial weights
+
+    try:
+        dataset = create_dataset(config.data.name, config.data.root, "train")
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(f"data.name={config.data.name!r}: {error}") from None
+    mean, std = dataset.channel_stats()
+    views = create_view_transform(
+        config.augment.preset,
+        image_size=config.data.image_size,
+        channels=dataset.channels,
+        mean=mean,
+        std=std,
+        n_views=config.augment.n_views,
+        strength=config.augment.strength,
+        min_scale=config.augment.min_scale,
+        flip_p=config.augment.flip_p,
+    )
+    if len(dataset) < config.train.batch_size * accelerator.num_processes:
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} × {accelerator.num_processes} processes is larger "
+            f"than the {len(dataset)} training images of {config.data.name}; lower train.batch_size"
+        )
+    loader = DataLoader(
+        dataset.with_transform(views),
+        batch_size=config.train.batch_size,
+        shuffle=True,
+        drop_last=True,  # every step has the full number of negatives
+        num_workers=config.data.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=config.data.num_workers > 0,
+    )
+
+    spec = EncoderSpec(
+        backbone=config.model.backbone,
+        in_chans=dataset.channels,
+        cifar_stem=config.model.cifar_stem,
+        proj_hidden_dim=config.model.proj_hidden_dim,
+        proj_dim=config.model.proj_dim,
+    )
+    try:
+        encoder = create_encoder(spec)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    loss_fn = create_loss(config.loss.name, **config.loss.options)
+    if config.augment.n_views != 2:
+        raise ConfigError(f"augment.n_views={config.augment.n_views}: loss {config.loss.name!r} takes 2 views")
+
+    global_batch = config.train.batch_size * accelerator.num_processes
+    peak_lr = scale_lr(config.optim.lr, global_batch, config.optim.lr_scaling)
+    optimizer = create_optimizer(
+        encoder,
+        config.optim.name,
+        lr=peak_lr,
+        weight_decay=config.optim.weight_decay,
+        momentum=config.optim.momentum,
+    )
+    encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+
+    steps_per_epoch = len(loader)
+    total_steps = config.train.epochs * steps_per_epoch
+    if config.train.max_steps is not None:
+        total_steps = min(total_steps, config.train.max_steps)
+    warmup_steps = round(config.optim.warmup_epochs * steps_per_epoch)
+
+    resume_from = _resume_dir(run_dir, config.train.resume)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        accelerator.print(f"resumed from {resume_from} at step {progress.step}")
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    _init_trackers(accelerator, config, run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+
+    accelerator.print(
+        f"pretraining {config.model.backbone} on {config.data.name}: {len(dataset)} images, "
+        f"global batch {global_batch} ({accelerator.num_processes} processes), {total_steps} steps, "
+        f"peak lr {peak_lr:.4g}, run directory {run_dir}"
+    )
+    encoder.train()
+    started = time.perf_counter()
+    samples_since_log, last_log = 0, started
+    epoch = progress.step // steps_per_epoch
+    while progress.step < total_steps:
+        loader.set_epoch(epoch)  # a different, reproducible shuffle every epoch
+        batches = loader
+        if progress.step > epoch * steps_per_epoch:  # resumed mid-epoch
+            batches = accelerator.skip_first_batches(loader, progress.step - epoch * steps_per_epoch)
+        for (view0, view1), _targets in batches:
+            lr = warmup_cosine_lr(
+                progress.step, peak_lr=peak_lr, warmup_steps=warmup_steps, total_steps=total_steps
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with accelerator.autocast():
+                _h, z = encoder(torch.cat([view0, view1]))
+                loss = loss_fn(*z.chunk(2))
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            samples_since_log += view0.shape[0] * accelerator.num_processes
+
+            if progress.step % config.log.every == 0 or progress.step in (1, total_steps):
+                mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
+                now = time.perf_counter()
+                record = {
+                    "step": progress.step,
+                    "epoch": progress.step / steps_per_epoch,
+                    "loss": mean_loss,
+                    "lr": lr,
+                    "samples_per_s": samples_since_log / max(now - last_log, 1e-9),
+                }
+                samples_since_log, last_log = 0, now
+                accelerator.log(record, step=progress.step)
+                if accelerator.is_main_process:
+                    with metrics_path.open("a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    accelerator.print(
+                        f"step {progress.step}/{total_steps}  loss {mean_loss:.4f}  lr {lr:.4g}  "
+                        f"{record['samples_per_s']:.0f} samples/s"
+                    )
+            if progress.step % config.train.checkpoint_every == 0 and progress.step < total_steps:
+                save_checkpoint(accelerator, run_dir, progress.step)
+            if progress.step >= total_steps:
+                break
+        epoch += 1
+
+    save_checkpoint(accelerator, run_dir, progress.step)
+    if accelerator.is_main_process:
+        save_encoder(
+            accelerator.unwrap_model(encoder),
+            spec,
+            run_dir / "encoder.safetensors",
+            extra={"step": progress.step, "data": {"name": config.data.name, "mean": mean, "std": std}},
+        )
+    accelerator.print(f"done in {time.perf_counter() - started:.1f}s; encoder written to {run_dir}")
+    accelerator.end_training()
+    return run_dir

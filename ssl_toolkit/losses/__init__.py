@@ -1,0 +1,21 @@
+"""Contrastive and metric-learning losses; tensors in, scalar out. See DESIGN.md for each contract."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ssl_toolkit.losses.ntxent import NTXentLoss
+
+LOSSES: dict[str, type[nn.Module]] = {
+    "ntxent": NTXentLoss,
+}
+
+
+def create_loss(name: str, **kwargs) -> nn.Module:
+    """Build the loss registered as `name` with its keyword arguments."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name](**kwargs)
+
+
+__all__ = ["LOSSES", "NTXentLoss", "create_loss"]

@@ -1,0 +1,122 @@
+"""Backbones (timm), the projection head, and the Encoder that returns both `h` and `z`."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+
+def _cifar_stem(model: nn.Module, in_chans: int) -> None:
+    """Replace a ResNet-style stem (7x7 stride-2 conv + max-pool) by a 3x3 stride-1 conv, for ≤ 32 px inputs."""
+    conv1 = getattr(model, "conv1", None)
+    if conv1 is None or not hasattr(model, "maxpool"):
+        raise ValueError(
+            f"model.cifar_stem=true needs a ResNet-style backbone (with conv1 and maxpool); "
+            f"{type(model).__name__} has none. Set model.cifar_stem=false or pick a resnet*."
+        )
+    if isinstance(conv1, nn.Conv2d):
+        model.conv1 = nn.Conv2d(in_chans, conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    else:  # deep stems (resnet*d, *t): keep the 3x3 convs, drop the first stride
+        first = conv1[0]
+        conv1[0] = nn.Conv2d(in_chans, first.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+
+
+def create_backbone(
+    name: str, *, in_chans: int = 3, cifar_stem: bool = False, pretrained: bool = False
+) -> nn.Module:
+    """A timm model without classifier, returning pooled features (N, num_features)."""
+    if name not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise ValueError(f"unknown backbone {name!r} (model.backbone){hint}")
+    model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+    if cifar_stem:
+        _cifar_stem(model, in_chans)
+    return model
+
+
+class ProjectionHead(nn.Sequential):
+    """SimCLR's MLP head g(h): Linear → BatchNorm → ReLU → Linear, (N, in_dim) → (N, out_dim)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__(
+            nn.Linear(in_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )
+        self.in_dim, self.hidden_dim, self.out_dim = in_dim, hidden_dim, out_dim
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything needed to rebuild an Encoder; stored beside its weights."""
+
+    backbone: str
+    in_chans: int = 3
+    cifar_stem: bool = False
+    proj_hidden_dim: int | None = None
+    proj_dim: int = 128
+
+
+class Encoder(nn.Module):
+    """backbone f and projection head g: x → (h = f(x), z = g(h))."""
+
+    def __init__(self, backbone: nn.Module, head: ProjectionHead):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head.in_dim
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.backbone(images)
+        return h, self.head(h)
+
+
+def create_encoder(spec: EncoderSpec, *, pretrained: bool = False) -> Encoder:
+    backbone = create_backbone(
+        spec.backbone, in_chans=spec.in_chans, cifar_stem=spec.cifar_stem, pretrained=pretrained
+    )
+    feature_dim = backbone.num_features
+    head = ProjectionHead(feature_dim, spec.proj_hidden_dim or feature_dim, spec.proj_dim)
+    return Encoder(backbone, head)
+
+
+def save_encoder(encoder: Encoder, spec: EncoderSpec, path: str | Path, extra: dict | None = None) -> None:
+    """Write the weights and the spec (plus `extra` metadata) to one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    metadata = {"encoder_spec": json.dumps(asdict(spec))}
+    if extra:
+        metadata.update({key: json.dumps(value) for key, value in extra.items()})
+    save_file(state, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def load_encoder(path: str | Path) -> tuple[Encoder, EncoderSpec, dict]:
+    """Rebuild an Encoder from a file written by `save_encoder`; returns it, its spec and the extra metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no encoder weights at {path}; a finished pretraining run writes them")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    spec = EncoderSpec(**json.loads(metadata.pop("encoder_spec")))
+    encoder = create_encoder(spec)
+    encoder.load_state_dict(load_file(str(path)))
+    return encoder, spec, {key: json.loads(value) for key, value in metadata.items()}
