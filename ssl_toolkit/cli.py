@@ -24,13 +24,17 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl-toolkit", description="Self-supervised pretraining and evaluation.")
+    parser = argparse.ArgumentParser(
+        prog="ssl-toolkit", description="Self-supervised pretraining and evaluation."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     pretrain.build_parser(commands.add_parser("pretrain", help="pretrain an encoder from a recipe"))
     probe = commands.add_parser("probe", help="linear probe on a run's frozen pre-projection features")
     probe.add_argument("run_dir", help="run directory written by pretraining, e.g. runs/quickstart")
     probe.add_argument("overrides", nargs="*", help="section.key=value applied to the run's config")
-    probe.add_argument("--baselines", action="store_true", help="also probe the untrained backbone and raw pixels")
+    probe.add_argument(
+        "--baselines", action="store_true", help="also probe the untrained backbone and raw pixels"
+    )
     probe.add_argument("--features", default="backbone", choices=["backbone", "projection"])
     return parser
 

@@ -264,7 +264,9 @@ def _validate(config: Config) -> None:
 def parse_override(text: str) -> tuple[str, Any]:
     """Split `section.key=value` into the key and its YAML-parsed value."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must have the form section.key=value (e.g. train.batch_size=64)")
+        raise ConfigError(
+            f"override {text!r} must have the form section.key=value (e.g. train.batch_size=64)"
+        )
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else ""

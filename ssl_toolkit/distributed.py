@@ -6,6 +6,8 @@ so the library runs unchanged under plain `python`, `accelerate launch` or `torc
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_autograd
@@ -64,3 +66,12 @@ def global_sum(value: torch.Tensor) -> torch.Tensor:
     total = value.detach().clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total
+
+
+def launched_on_cpu_processes() -> bool:
+    """True when a launcher (accelerate launch, torchrun) started several processes and there is no CUDA.
+
+    Accelerate then needs `cpu=True` to set up its gloo process group; without it, each process
+    would believe it runs alone.
+    """
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1

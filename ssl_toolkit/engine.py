@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 
+from ssl_toolkit import distributed
 from ssl_toolkit.augment import create_view_transform
 from ssl_toolkit.config import Config, ConfigError, save_config, to_dict
 from ssl_toolkit.data import create_dataset
@@ -78,7 +79,9 @@ def _resume_dir(run_dir: Path, resume: str | None) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not path.is_dir():
-        raise ConfigError(f"train.resume={resume!r} is not a checkpoint folder; use auto or a path under checkpoints/")
+        raise ConfigError(
+            f"train.resume={resume!r} is not a checkpoint folder; use auto or a path under checkpoints/"
+        )
     return path
 
 
@@ -101,6 +104,7 @@ def pretrain(config: Config) -> Path:
     """
     run_dir = config.run_dir
     accelerator = Accelerator(
+        cpu=distributed.launched_on_cpu_processes(),
         mixed_precision=config.train.mixed_precision,
         log_with=list(config.log.trackers) or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
@@ -151,7 +155,9 @@ def pretrain(config: Config) -> Path:
         raise ConfigError(str(error)) from None
     loss_fn = create_loss(config.loss.name, **config.loss.options)
     if config.augment.n_views != 2:
-        raise ConfigError(f"augment.n_views={config.augment.n_views}: loss {config.loss.name!r} takes 2 views")
+        raise ConfigError(
+            f"augment.n_views={config.augment.n_views}: loss {config.loss.name!r} takes 2 views"
+        )
 
     global_batch = config.train.batch_size * accelerator.num_processes
     peak_lr = scale_lr(config.optim.lr, global_batch, config.optim.lr_scaling)

@@ -13,7 +13,7 @@ from torch import nn
 
 
 def _cifar_stem(model: nn.Module, in_chans: int) -> None:
-    """Replace a ResNet-style stem (7x7 stride-2 conv + max-pool) by a 3x3 stride-1 conv, for ≤ 32 px inputs."""
+    """Swap a ResNet stem (7x7 stride-2 conv + max-pool) for a 3x3 stride-1 conv, for inputs of ≤ 32 px."""
     conv1 = getattr(model, "conv1", None)
     if conv1 is None or not hasattr(model, "maxpool"):
         raise ValueError(
@@ -107,7 +107,7 @@ def save_encoder(encoder: Encoder, spec: EncoderSpec, path: str | Path, extra: d
 
 
 def load_encoder(path: str | Path) -> tuple[Encoder, EncoderSpec, dict]:
-    """Rebuild an Encoder from a file written by `save_encoder`; returns it, its spec and the extra metadata."""
+    """Rebuild an Encoder from a file of `save_encoder`; returns it, its spec and the extra metadata."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 

@@ -70,7 +70,7 @@ def train_linear_probe(
     """
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train_targets), generator=generator)
-    n_val = max(1, int(round(val_fraction * len(order))))
+    n_val = max(1, round(val_fraction * len(order)))
     val, fit = order[:n_val], order[n_val:]
     val_top1 = {}
     for decay in weight_decays:

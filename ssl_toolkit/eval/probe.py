@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from ssl_toolkit import distributed
 from ssl_toolkit.augment import eval_transform
 from ssl_toolkit.config import Config, ConfigError, load_config
 from ssl_toolkit.data import ImageTensorDataset, create_dataset
@@ -71,7 +72,9 @@ def run_probe(
         encoder, spec, extra = load_encoder(run_dir / "encoder.safetensors")
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
-    accelerator = Accelerator(mixed_precision=config.train.mixed_precision)
+    accelerator = Accelerator(
+        cpu=distributed.launched_on_cpu_processes(), mixed_precision=config.train.mixed_precision
+    )
     data_stats = extra["data"]
     train_set, test_set = _datasets(config, data_stats["mean"], data_stats["std"])
     num_classes = train_set.num_classes

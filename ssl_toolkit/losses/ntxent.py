@@ -37,14 +37,20 @@ class NTXentLoss(nn.Module):
         if z0.shape != z1.shape or z0.ndim != 2:
             raise ValueError(f"z0 and z1 must both be (B, D); got {tuple(z0.shape)} and {tuple(z1.shape)}")
         batch = z0.shape[0]
-        # Similarities and softmax in float32 even for bf16/fp16 inputs: exp(s/τ) overflows half precision.
-        z0 = F.normalize(z0.float(), dim=1)
-        z1 = F.normalize(z1.float(), dim=1)
+        # Similarities and softmax in float32 (or float64) even for bf16/fp16 inputs: s/τ with a small τ
+        # loses too many bits in half precision.
+        dtype = torch.promote_types(z0.dtype, torch.float32)
+        z0 = F.normalize(z0.to(dtype), dim=1)
+        z1 = F.normalize(z1.to(dtype), dim=1)
         if self.gather_distributed:
             all0, start = distributed.gather_rows(z0)
             all1, _ = distributed.gather_rows(z1)
+            # The sum over this process's anchors, scaled so that the mean over processes is the global
+            # mean over anchors, and DDP's gradient averaging yields the gradient of that global mean.
+            scale = distributed.world_size() / (2 * all0.shape[0])
         else:
             all0, all1, start = z0, z1, 0
+            scale = 1 / (2 * batch)
         total = all0.shape[0]
         candidates = torch.cat([all0, all1])  # (2T, D): every view 0, then every view 1
         anchors = torch.cat([z0, z1])  # (2B, D)
@@ -54,8 +60,4 @@ class NTXentLoss(nn.Module):
         positive_index = torch.cat([local + total, local])
         rows = torch.arange(2 * batch, device=z0.device)
         logits[rows, self_index] = float("-inf")
-        loss_sum = F.cross_entropy(logits, positive_index, reduction="sum")
-        # Scaled so that the mean over processes is the global mean over anchors, and DDP's gradient
-        # averaging yields the gradient of that global mean.
-        anchors_everywhere = 2 * total
-        return loss_sum * distributed.world_size() / anchors_everywhere
+        return F.cross_entropy(logits, positive_index, reduction="sum") * scale

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ssl_toolkit.config import ConfigError, load_config, save_config, to_dict
+
+REPO = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO / "recipes" / "quickstart.yaml"
+
+
+def test_recipe_values_and_typed_overrides():
+    config = load_config(
+        QUICKSTART,
+        [
+            "train.batch_size=64",
+            "optim.lr=1e-3",
+            "log.trackers=[wandb,tensorboard]",
+            "train.max_steps=null",
+            "model.cifar_stem=true",
+            "seed=7",
+            "loss.temperature=0.05",
+        ],
+    )
+    assert config.data.name == "digits"
+    assert config.train.batch_size == 64 and isinstance(config.train.batch_size, int)
+    assert config.optim.lr == pytest.approx(1e-3) and isinstance(config.optim.lr, float)
+    assert config.log.trackers == ["wandb", "tensorboard"]
+    assert config.train.max_steps is None
+    assert config.model.cifar_stem is True
+    assert config.seed == 7
+    assert config.loss.options == {"temperature": 0.05}
+
+
+@pytest.mark.parametrize(
+    ("override", "named", "listed"),
+    [
+        ("train.bath_size=8", "train.bath_size", "train.batch_size"),
+        ("trian.batch_size=8", "trian", "train"),
+        ("loss.temprature=0.1", "loss.temprature", "loss.temperature"),
+        ("sed=1", "sed", "seed"),
+    ],
+)
+def test_unknown_keys_name_the_key_and_list_the_valid_ones(override, named, listed):
+    with pytest.raises(ConfigError) as error:
+        load_config(QUICKSTART, [override])
+    assert named in str(error.value)
+    assert listed in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.batch_size=abc", "train.batch_size"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("optim.name=adam", "optim.name"),
+        ("train.mixed_precision=fp8", "train.mixed_precision"),
+        ("loss.name=nosuchloss", "loss.name"),
+        ("loss.temperature=hot", "loss.temperature"),
+        ("augment.n_views=1", "augment.n_views"),
+        ("model.cifar_stem=maybe", "model.cifar_stem"),
+        ("train.batch_size", "train.batch_size"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(QUICKSTART, [override])
+
+
+def test_unknown_key_in_a_recipe_names_the_file(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(recipe)
+    assert "train.epoch" in str(error.value) and str(recipe) in str(error.value)
+
+
+def test_missing_recipe():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(REPO / "recipes" / "nope.yaml")
+
+
+def test_saved_config_loads_back_identically(tmp_path):
+    config = load_config(QUICKSTART, ["train.epochs=3", "loss.temperature=0.3"])
+    save_config(config, tmp_path / "config.yaml")
+    assert to_dict(load_config(tmp_path / "config.yaml")) == to_dict(config)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["loss"] == {
+        "name": "ntxent",
+        "temperature": 0.3,
+    }
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_loads(recipe):
+    load_config(recipe)
+
+
+def test_mistyped_key_stops_the_command_with_a_message_and_no_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "ssl_toolkit.pretrain", str(QUICKSTART), "train.bath_size=8"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert "train.bath_size" in result.stderr and "train.batch_size" in result.stderr
+    assert "Traceback" not in result.stderr
