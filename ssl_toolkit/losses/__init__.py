@@ -5,9 +5,11 @@ from __future__ import annotations
 from torch import nn
 
 from ssl_toolkit.losses.ntxent import NTXentLoss
+from ssl_toolkit.losses.supcon import SupConLoss
 
 LOSSES: dict[str, type[nn.Module]] = {
     "ntxent": NTXentLoss,
+    "supcon": SupConLoss,
 }
 
 
@@ -18,4 +20,4 @@ def create_loss(name: str, **kwargs) -> nn.Module:
     return LOSSES[name](**kwargs)
 
 
-__all__ = ["LOSSES", "NTXentLoss", "create_loss"]
+__all__ = ["LOSSES", "NTXentLoss", "SupConLoss", "create_loss"]

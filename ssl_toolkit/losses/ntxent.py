@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ssl_toolkit import distributed
+from ssl_toolkit.losses.candidates import global_mean, normalized_float
+from ssl_toolkit.losses.fused_infonce import infonce_sum
 
 
 class NTXentLoss(nn.Module):
@@ -17,8 +18,11 @@ class NTXentLoss(nn.Module):
 
         ℓ_i = −log( exp(s_{i,p(i)}/τ) / Σ_{k≠i} exp(s_{i,k}/τ) ),
 
-    and the loss is the mean of ℓ_i over all 2B anchors. With `gather_distributed`, the candidates k
-    are the views of every process and the mean is over every process's anchors.
+    and the loss is the mean of ℓ_i over all 2B anchors. It equals SupConLoss(variant="out") with
+    labels [0..B−1, 0..B−1]. With `gather_distributed`, the candidates k are the views of every
+    process and the mean is over every process's anchors.
+
+    Memory grows as block·N rather than N² (see `fused_infonce`).
 
     Args:
         temperature: τ.
@@ -36,28 +40,21 @@ class NTXentLoss(nn.Module):
         """Loss for two views (B, D) and (B, D); row i of `z0` and row i of `z1` are a positive pair."""
         if z0.shape != z1.shape or z0.ndim != 2:
             raise ValueError(f"z0 and z1 must both be (B, D); got {tuple(z0.shape)} and {tuple(z1.shape)}")
-        batch = z0.shape[0]
-        # Similarities and softmax in float32 (or float64) even for bf16/fp16 inputs: s/τ with a small τ
-        # loses too many bits in half precision.
-        dtype = torch.promote_types(z0.dtype, torch.float32)
-        z0 = F.normalize(z0.to(dtype), dim=1)
-        z1 = F.normalize(z1.to(dtype), dim=1)
+        z0, z1 = normalized_float(z0), normalized_float(z1)
         if self.gather_distributed:
             all0, start = distributed.gather_rows(z0)
             all1, _ = distributed.gather_rows(z1)
-            # The sum over this process's anchors, scaled so that the mean over processes is the global
-            # mean over anchors, and DDP's gradient averaging yields the gradient of that global mean.
-            scale = distributed.world_size() / (2 * all0.shape[0])
         else:
             all0, all1, start = z0, z1, 0
-            scale = 1 / (2 * batch)
         total = all0.shape[0]
-        candidates = torch.cat([all0, all1])  # (2T, D): every view 0, then every view 1
-        anchors = torch.cat([z0, z1])  # (2B, D)
-        logits = anchors @ candidates.T / self.temperature
-        local = torch.arange(batch, device=z0.device) + start
-        self_index = torch.cat([local, local + total])
-        positive_index = torch.cat([local + total, local])
-        rows = torch.arange(2 * batch, device=z0.device)
-        logits[rows, self_index] = float("-inf")
-        return F.cross_entropy(logits, positive_index, reduction="sum") * scale
+        sample_ids = torch.arange(total, device=z0.device)
+        local = sample_ids[start : start + z0.shape[0]]
+        loss_sum, count = infonce_sum(
+            torch.cat([z0, z1]),
+            torch.cat([all0, all1]),
+            torch.cat([local, local]),
+            torch.cat([sample_ids, sample_ids]),
+            torch.cat([local, local + total]),
+            temperature=self.temperature,
+        )
+        return global_mean(loss_sum, count, self.gather_distributed)

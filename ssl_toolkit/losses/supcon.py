@@ -1,0 +1,56 @@
+"""Supervised contrastive loss (SupCon), both variants of Khosla et al."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssl_toolkit.losses.candidates import gather_candidates, global_mean, normalized_float
+from ssl_toolkit.losses.fused_infonce import infonce_sum
+
+VARIANTS = ("out", "in")
+
+
+class SupConLoss(nn.Module):
+    """Khosla et al. 2020, "Supervised Contrastive Learning", eq. 2 (`out`) and eq. 3 (`in`).
+
+    With s the cosine similarity, τ the temperature, P(i) the other samples sharing i's label and
+    A(i) every sample but i:
+
+        out: L_i = −(1/|P(i)|) Σ_{p∈P(i)} log( exp(s_ip/τ) / Σ_{a∈A(i)} exp(s_ia/τ) )
+        in:  L_i = −log( (1/|P(i)|) Σ_{p∈P(i)} exp(s_ip/τ) / Σ_{a∈A(i)} exp(s_ia/τ) )
+
+    The loss is the mean of L_i over anchors with |P(i)| > 0 (0, still differentiable, if there are
+    none). There is no extra τ/base_τ factor. With sample ids as labels this is SimCLR's NT-Xent for
+    any number of views; with classes it is SupCon.
+
+    Args:
+        temperature: τ.
+        variant: "out" (the paper's recommendation) or "in".
+        gather_distributed: use every process's embeddings and labels as candidates.
+    """
+
+    def __init__(self, temperature: float = 0.1, variant: str = "out", gather_distributed: bool = True):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        self.temperature = temperature
+        self.variant = variant
+        self.gather_distributed = gather_distributed
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Loss for embeddings (N, D) with labels (N,); equal labels are positives."""
+        anchors = normalized_float(embeddings)
+        candidates = gather_candidates(anchors, labels, self.gather_distributed)
+        total, count = infonce_sum(
+            anchors,
+            candidates.embeddings,
+            labels,
+            candidates.labels,
+            candidates.self_index(len(labels)),
+            temperature=self.temperature,
+            variant=self.variant,
+        )
+        return global_mean(total, count, self.gather_distributed)
