@@ -7,10 +7,17 @@ so the library runs unchanged under plain `python`, `accelerate launch` or `torc
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_autograd
+
+# torch 2.14 deprecates this gather in favour of private functional collectives whose names keep changing;
+# the public one stays correct (gradients are summed back to each owner), so keep it and its warning quiet.
+warnings.filterwarnings(
+    "ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated", category=FutureWarning
+)
 
 
 def is_distributed() -> bool:
