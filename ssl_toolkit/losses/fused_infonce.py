@@ -28,8 +28,9 @@ def _row_block(num_candidates: int) -> int:
 
 class _InfoNCESum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, anchors, candidates, anchor_class, candidate_class, self_index, temperature, variant):
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    def forward(
+        ctx, anchors, candidates, anchor_class, candidate_class, self_index, temperature, variant, needs_grad
+    ):
         num_anchors = anchors.shape[0]
         num_classes = int(candidate_class.max().item()) + 1 if candidate_class.numel() else 0
         class_count = torch.bincount(candidate_class, minlength=num_classes)
@@ -97,7 +98,7 @@ class _InfoNCESum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_count):
         grad_anchors, grad_candidates = ctx.saved_tensors
-        return grad_anchors * grad_total, grad_candidates * grad_total, None, None, None, None, None
+        return grad_anchors * grad_total, grad_candidates * grad_total, None, None, None, None, None, None
 
 
 def infonce_sum(
@@ -124,6 +125,9 @@ def infonce_sum(
     # Compact class ids 0..C−1 shared by anchors and candidates (labels may be arbitrary sample ids).
     classes, candidate_class = torch.unique(candidate_labels, return_inverse=True)
     anchor_class = torch.searchsorted(classes, anchor_labels)
+    # Decided here: inside forward, grad mode is always off, and under torch.no_grad() the inputs may
+    # still require grad; computing gradients nobody asked for would triple the cost of evaluation.
+    needs_grad = torch.is_grad_enabled() and (anchors.requires_grad or candidates.requires_grad)
     return _InfoNCESum.apply(
-        anchors, candidates, anchor_class, candidate_class, self_index, temperature, variant
+        anchors, candidates, anchor_class, candidate_class, self_index, temperature, variant, needs_grad
     )

@@ -117,3 +117,15 @@ def test_arguments_are_checked():
         SupConLoss(variant="inside")
     with pytest.raises(ValueError, match="labels"):
         SupConLoss()(torch.randn(4, 3), torch.arange(3))
+
+
+def test_no_gradient_work_under_no_grad(monkeypatch):
+    embeddings = torch.randn(20, 4, requires_grad=True)
+    labels = torch.arange(10).repeat(2)
+    expected = SupConLoss()(embeddings, labels)
+    calls = []
+    original_addmm = torch.Tensor.addmm_
+    monkeypatch.setattr(torch.Tensor, "addmm_", lambda *a, **k: calls.append(1) or original_addmm(*a, **k))
+    with torch.no_grad():
+        value = SupConLoss()(embeddings, labels)
+    assert value.item() == pytest.approx(expected.item()) and not calls
