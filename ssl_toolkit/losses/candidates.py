@@ -22,13 +22,25 @@ class Candidates:
         return torch.arange(num_anchors, device=self.embeddings.device) + self.start
 
 
-def gather_candidates(embeddings: torch.Tensor, labels: torch.Tensor, gather: bool) -> Candidates:
-    """All processes' embeddings (through a gather that carries gradients) and labels, or just ours."""
+def anchors_and_candidates(
+    embeddings: torch.Tensor, labels: torch.Tensor, gather: bool
+) -> tuple[torch.Tensor, Candidates]:
+    """This process's normalised embeddings (the anchors) and every process's (the candidates).
+
+    Raises:
+        ValueError: embeddings are not (N, D) or labels not (N,).
+    """
     if embeddings.ndim != 2 or labels.shape != (embeddings.shape[0],):
         raise ValueError(
             "expected embeddings (N, D) and labels (N,); "
             f"got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
         )
+    anchors = normalized_float(embeddings)
+    return anchors, gather_candidates(anchors, labels, gather)
+
+
+def gather_candidates(embeddings: torch.Tensor, labels: torch.Tensor, gather: bool) -> Candidates:
+    """All processes' embeddings (through a gather that carries gradients) and labels, or just ours."""
     if not gather:
         return Candidates(embeddings, labels, 0)
     all_embeddings, start = distributed.gather_rows(embeddings)

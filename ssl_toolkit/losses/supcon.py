@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_toolkit.losses.candidates import gather_candidates, global_mean, normalized_float
+from ssl_toolkit.losses.candidates import anchors_and_candidates, global_mean
 from ssl_toolkit.losses.fused_infonce import infonce_sum
 
 VARIANTS = ("out", "in")
@@ -42,8 +42,7 @@ class SupConLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss for embeddings (N, D) with labels (N,); equal labels are positives."""
-        anchors = normalized_float(embeddings)
-        candidates = gather_candidates(anchors, labels, self.gather_distributed)
+        anchors, candidates = anchors_and_candidates(embeddings, labels, self.gather_distributed)
         total, count = infonce_sum(
             anchors,
             candidates.embeddings,
