@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint clean
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test lint clean data
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +20,13 @@ demo: $(STAMP)
 		-m ssl_toolkit.pretrain recipes/quickstart.yaml
 	$(BIN)/ssl-toolkit probe runs/quickstart --baselines
 
-test: $(STAMP)
+# Real data that needs no download at run time: Debian's Fashion-MNIST package (the tests read it).
+data:
+	@test -d $(FASHION_MNIST) || { \
+		echo "installing Debian's dataset-fashion-mnist (needs root)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }
+
+test: $(STAMP) data
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

@@ -33,16 +33,24 @@ class DataSection:
     root: str | None = None
     image_size: int = 32
     num_workers: int = 0
+    download: bool = False  # torchvision datasets only; never at run time unless asked
+    pretrain_split: str = "train"  # e.g. train+unlabeled for stl10
 
 
 @dataclass
 class AugmentSection:
+    """Unset (null) values take the preset's value for the image size."""
+
     preset: str = "simclr"
-    device: str = "cpu"
+    device: str = "auto"  # gpu (kornia, on whole batches) when CUDA is available
     n_views: int = 2
     strength: float = 1.0  # colour-jitter strength s
-    min_scale: float = 0.08  # smallest crop area, as a fraction of the image
-    flip_p: float = 0.5
+    min_scale: float | None = None  # smallest crop area, as a fraction of the image (SimCLR: 0.08)
+    flip_p: float | None = None
+    blur_p: float | None = None
+    solarize_p: float | None = None
+    small_crops: int = 0  # multi-crop: this many small views besides the n_views large ones
+    small_size: int | None = None
 
 
 @dataclass

@@ -11,18 +11,88 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from torch import nn
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from ssl_toolkit import distributed
-from ssl_toolkit.augment import create_view_transform
+from ssl_toolkit.augment import CPUViews, GPUViews, preset_views, resolve_device, view_grid
 from ssl_toolkit.config import Config, ConfigError, save_config, to_dict
-from ssl_toolkit.data import create_dataset
-from ssl_toolkit.losses import create_loss
+from ssl_toolkit.data import NoReadableImagesError, create_dataset
+from ssl_toolkit.losses import ArcFaceLoss, NTXentLoss, create_loss
 from ssl_toolkit.models import EncoderSpec, create_encoder, save_encoder
 from ssl_toolkit.optim import create_optimizer, scale_lr, warmup_cosine_lr
 
 CHECKPOINT_PREFIX = "step_"
 CHECKPOINTS_KEPT = 2
+UNREADABLE_LOG = "unreadable_images.txt"
+
+
+class ContrastiveObjective(nn.Module):
+    """Encoder and loss as one module, so that DDP also averages a loss's learnable parameters.
+
+    Views are embedded in groups of equal size (multi-crop has large and small ones); views of one
+    size share a forward pass, so BatchNorm sees all of them, as in SimCLR.
+    """
+
+    def __init__(self, encoder: nn.Module, loss: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.loss = loss
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        embeddings: list[torch.Tensor] = []
+        first = 0
+        while first < len(views):
+            last = first
+            while last + 1 < len(views) and views[last + 1].shape == views[first].shape:
+                last += 1
+            _h, z = self.encoder(torch.cat(views[first : last + 1]))
+            embeddings += z.chunk(last + 1 - first)
+            first = last + 1
+        if isinstance(self.loss, NTXentLoss):
+            return self.loss(*embeddings)
+        # Label form: the views of one sample share a label, unique across processes.
+        batch = views[0].shape[0]
+        sample_ids = torch.arange(batch, device=views[0].device) + distributed.rank() * batch
+        return self.loss(torch.cat(embeddings), sample_ids.repeat(len(embeddings)))
+
+
+def _create_pretraining_loss(config: Config, num_views: int) -> nn.Module:
+    loss = create_loss(config.loss.name, **config.loss.options)
+    if isinstance(loss, ArcFaceLoss):
+        raise ConfigError("loss.name=arcface needs class labels; self-supervised pretraining has none")
+    if isinstance(loss, NTXentLoss) and num_views != 2:
+        raise ConfigError(
+            f"loss.name=ntxent takes exactly 2 views, the augmentation makes {num_views} "
+            "(augment.n_views + augment.small_crops); use loss.name=supcon, which with one label per "
+            "sample is NT-Xent over any number of views"
+        )
+    return loss
+
+
+def common_size_transform(image_size: int) -> v2.Compose:
+    """Resize and centre-crop uint8 images of any size to one size, so they batch for the GPU views.
+
+    The side is image_size·8/7 (256 for 224), leaving the random resized crop room to act.
+    """
+    side = max(image_size, round(image_size * 8 / 7))
+    return v2.Compose([v2.Resize(side, antialias=True), v2.CenterCrop(side)])
+
+
+def _count_unique_lines(path: Path) -> int:
+    """Files listed in the unreadable-image log (each DataLoader worker reports a file once)."""
+    return len(set(path.read_text().splitlines())) if path.is_file() else 0
+
+
+def _log_view_grid(accelerator: Accelerator, views, mean, std, step: int) -> None:
+    """A grid of the first batch's views (rows: samples, columns: views) for the dashboards."""
+    trackers = [t for t in accelerator.trackers if hasattr(t, "log_images")]
+    if not trackers or not accelerator.is_main_process:
+        return
+    grid = view_grid([v.detach().float().cpu() for v in views], mean, std)
+    for tracker in trackers:
+        tracker.log_images({"views": grid.unsqueeze(0)}, step=step)
 
 
 class TrainingProgress:
@@ -103,6 +173,7 @@ def pretrain(config: Config) -> Path:
     Writes `config.yaml`, `metrics.jsonl`, `checkpoints/` and, at the end, `encoder.safetensors`.
     """
     run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(
         cpu=distributed.launched_on_cpu_processes(),
         mixed_precision=config.train.mixed_precision,
@@ -112,28 +183,47 @@ def pretrain(config: Config) -> Path:
     set_seed(config.seed)  # before building the model, so the seed decides its initial weights
 
     try:
-        dataset = create_dataset(config.data.name, config.data.root, "train")
-    except (ValueError, FileNotFoundError) as error:
+        dataset = create_dataset(
+            config.data.name,
+            config.data.root,
+            config.data.pretrain_split,
+            download=config.data.download,
+            unreadable_log=run_dir / UNREADABLE_LOG,
+        )
+    except (ValueError, FileNotFoundError, NoReadableImagesError) as error:
         raise ConfigError(f"data.name={config.data.name!r}: {error}") from None
     mean, std = dataset.channel_stats()
-    views = create_view_transform(
-        config.augment.preset,
-        image_size=config.data.image_size,
-        channels=dataset.channels,
-        mean=mean,
-        std=std,
-        n_views=config.augment.n_views,
-        strength=config.augment.strength,
-        min_scale=config.augment.min_scale,
-        flip_p=config.augment.flip_p,
-    )
+    try:
+        view_params = preset_views(
+            config.augment.preset,
+            image_size=config.data.image_size,
+            channels=dataset.channels,
+            mean=mean,
+            std=std,
+            n_views=config.augment.n_views,
+            strength=config.augment.strength,
+            min_scale=config.augment.min_scale,
+            flip_p=config.augment.flip_p,
+            blur_p=config.augment.blur_p,
+            solarize_p=config.augment.solarize_p,
+            small_crops=config.augment.small_crops,
+            small_size=config.augment.small_size,
+        )
+        on_gpu = resolve_device(config.augment.device) == "gpu"
+    except ValueError as error:
+        raise ConfigError(f"augment: {error}") from None
+    if on_gpu:  # workers only decode; views are made from whole uint8 batches on the accelerator
+        item_transform = None if dataset.fixed_size else common_size_transform(config.data.image_size)
+        gpu_views = GPUViews(view_params).to(accelerator.device)
+    else:
+        item_transform, gpu_views = CPUViews(view_params), None
     if len(dataset) < config.train.batch_size * accelerator.num_processes:
         raise ConfigError(
             f"train.batch_size={config.train.batch_size} × {accelerator.num_processes} processes is larger "
             f"than the {len(dataset)} training images of {config.data.name}; lower train.batch_size"
         )
     loader = DataLoader(
-        dataset.with_transform(views),
+        dataset.with_transform(item_transform),
         batch_size=config.train.batch_size,
         shuffle=True,
         drop_last=True,  # every step has the full number of negatives
@@ -153,22 +243,21 @@ def pretrain(config: Config) -> Path:
         encoder = create_encoder(spec)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    loss_fn = create_loss(config.loss.name, **config.loss.options)
-    if config.augment.n_views != 2:
-        raise ConfigError(
-            f"augment.n_views={config.augment.n_views}: loss {config.loss.name!r} takes 2 views"
-        )
+    objective = ContrastiveObjective(encoder, _create_pretraining_loss(config, len(view_params)))
 
     global_batch = config.train.batch_size * accelerator.num_processes
     peak_lr = scale_lr(config.optim.lr, global_batch, config.optim.lr_scaling)
     optimizer = create_optimizer(
-        encoder,
+        objective,
         config.optim.name,
         lr=peak_lr,
         weight_decay=config.optim.weight_decay,
         momentum=config.optim.momentum,
     )
-    encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
+    objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
+    # Augmentations draw from the global generator (also the GPU views and each worker's base seed):
+    # without a per-process seed every process would crop and jitter its images identically.
+    set_seed(config.seed, device_specific=True)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
 
@@ -183,7 +272,6 @@ def pretrain(config: Config) -> Path:
         accelerator.load_state(str(resume_from))
         accelerator.print(f"resumed from {resume_from} at step {progress.step}")
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     _init_trackers(accelerator, config, run_dir)
     metrics_path = run_dir / "metrics.jsonl"
@@ -193,29 +281,32 @@ def pretrain(config: Config) -> Path:
         f"global batch {global_batch} ({accelerator.num_processes} processes), {total_steps} steps, "
         f"peak lr {peak_lr:.4g}, run directory {run_dir}"
     )
-    encoder.train()
+    objective.train()
     started = time.perf_counter()
     samples_since_log, last_log = 0, started
     epoch = progress.step // steps_per_epoch
+    start_step = progress.step
     while progress.step < total_steps:
         loader.set_epoch(epoch)  # a different, reproducible shuffle every epoch
         batches = loader
         if progress.step > epoch * steps_per_epoch:  # resumed mid-epoch
             batches = accelerator.skip_first_batches(loader, progress.step - epoch * steps_per_epoch)
-        for (view0, view1), _targets in batches:
+        for images, _targets in batches:
             lr = warmup_cosine_lr(
                 progress.step, peak_lr=peak_lr, warmup_steps=warmup_steps, total_steps=total_steps
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            views = gpu_views(images) if gpu_views is not None else images
+            if progress.step == start_step:
+                _log_view_grid(accelerator, views, mean, std, progress.step)
             with accelerator.autocast():
-                _h, z = encoder(torch.cat([view0, view1]))
-                loss = loss_fn(*z.chunk(2))
+                loss = objective(views)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             progress.step += 1
-            samples_since_log += view0.shape[0] * accelerator.num_processes
+            samples_since_log += views[0].shape[0] * accelerator.num_processes
 
             if progress.step % config.log.every == 0 or progress.step in (1, total_steps):
                 mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
@@ -226,6 +317,7 @@ def pretrain(config: Config) -> Path:
                     "loss": mean_loss,
                     "lr": lr,
                     "samples_per_s": samples_since_log / max(now - last_log, 1e-9),
+                    "unreadable_images": _count_unique_lines(run_dir / UNREADABLE_LOG),
                 }
                 samples_since_log, last_log = 0, now
                 accelerator.log(record, step=progress.step)
@@ -245,7 +337,7 @@ def pretrain(config: Config) -> Path:
     save_checkpoint(accelerator, run_dir, progress.step)
     if accelerator.is_main_process:
         save_encoder(
-            accelerator.unwrap_model(encoder),
+            accelerator.unwrap_model(objective).encoder,
             spec,
             run_dir / "encoder.safetensors",
             extra={"step": progress.step, "data": {"name": config.data.name, "mean": mean, "std": std}},

@@ -1,24 +1,7 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-from ssl_toolkit.config import load_config
-
-REPO = Path(__file__).resolve().parent.parent
-
-# Small enough that a pretraining step takes well under a second on 2 CPU cores.
-TINY_RUN = [
-    "data.image_size=8",
-    "model.backbone=test_resnet",
-    "model.proj_dim=16",
-    "train.batch_size=32",
-    "train.max_steps=2",
-    "train.checkpoint_every=1",
-    "log.trackers=[]",
-    "log.every=1",
-]
+from pretraining_runs import tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -31,13 +14,6 @@ def fresh_accelerate_state():
     yield
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-
-
-def tiny_config(output_dir, name="tiny", *overrides):
-    return load_config(
-        REPO / "recipes" / "quickstart.yaml",
-        [*TINY_RUN, f"run.output_dir={output_dir}", f"run.name={name}", *overrides],
-    )
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,12 @@ import json
 
 import torch
 from accelerate import Accelerator
-from conftest import tiny_config
+from pretraining_runs import tiny_config
 from safetensors.torch import load_file
 
 from ssl_toolkit.config import load_config, to_dict
-from ssl_toolkit.engine import TrainingProgress, checkpoint_dirs
+from ssl_toolkit.engine import ContrastiveObjective, TrainingProgress, checkpoint_dirs
+from ssl_toolkit.losses import create_loss
 from ssl_toolkit.models import create_encoder, load_encoder
 from ssl_toolkit.optim import create_optimizer
 
@@ -37,16 +38,18 @@ def test_checkpoint_reloads_the_trained_weights_and_step(tiny_run):
     config = load_config(tiny_run / "config.yaml")
     _, spec, _ = load_encoder(tiny_run / "encoder.safetensors")
     torch.manual_seed(123)  # different initial weights from the run's
-    encoder = create_encoder(spec)
-    optimizer = create_optimizer(encoder, config.optim.name, lr=0.1, weight_decay=0.0)
+    objective = ContrastiveObjective(
+        create_encoder(spec), create_loss(config.loss.name, **config.loss.options)
+    )
+    optimizer = create_optimizer(objective, config.optim.name, lr=0.1, weight_decay=0.0)
     accelerator = Accelerator()
-    encoder, optimizer = accelerator.prepare(encoder, optimizer)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
     accelerator.load_state(str(checkpoint_dirs(tiny_run)[-1]))
     assert progress.step == 2
     final_weights = load_file(str(tiny_run / "encoder.safetensors"))
-    for name, value in encoder.state_dict().items():
+    for name, value in objective.encoder.state_dict().items():
         torch.testing.assert_close(value, final_weights[name], rtol=0, atol=0)
     assert len(optimizer.state) > 0  # momentum buffers came back too
 
@@ -68,3 +71,75 @@ def test_training_changes_the_weights_and_is_seeded(tmp_path):
     untrained = create_encoder(load_encoder(first / "encoder.safetensors")[1]).state_dict()
     changed = [name for name in a if name.endswith("weight") and not torch.equal(a[name], untrained[name])]
     assert changed, "one optimiser step left every weight as initialised"
+
+
+def _run(tmp_path, name, *overrides):
+    from ssl_toolkit.engine import pretrain
+
+    return pretrain(tiny_config(tmp_path, name, *overrides))
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_batch_views_made_by_kornia_on_the_accelerator(tmp_path):
+    # On this CPU-only machine the "gpu" pipeline runs kornia on the CPU: the same code path as on CUDA.
+    run_dir = _run(tmp_path, "kornia", "augment.device=gpu")
+    assert all(torch.isfinite(torch.tensor(_losses(run_dir))))
+
+
+def test_more_views_and_multi_crop_use_the_label_form(tmp_path):
+    run_dir = _run(
+        tmp_path,
+        "multicrop",
+        "loss.name=supcon",
+        "augment.n_views=3",
+        "augment.small_crops=2",
+        "augment.small_size=6",
+    )
+    assert all(torch.isfinite(torch.tensor(_losses(run_dir))))
+
+
+def test_ntxent_with_more_than_two_views_is_a_config_error(tmp_path):
+    import pytest
+
+    from ssl_toolkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="supcon"):
+        _run(tmp_path, "bad", "augment.n_views=3")
+
+
+def test_learnable_loss_parameters_are_trained(tmp_path):
+    from ssl_toolkit.config import LossSection
+    from ssl_toolkit.engine import pretrain
+
+    config = tiny_config(tmp_path, "sigmoid")
+    config.loss = LossSection("sigmoid")  # the recipe's temperature is not a sigmoid argument
+    run_dir = pretrain(config)
+    from safetensors.torch import load_file as load_state
+
+    checkpoint = checkpoint_dirs(run_dir)[-1] / "model.safetensors"
+    state = load_state(str(checkpoint))
+    assert state["loss.bias"].item() != -10.0  # the optimiser moved the loss's bias
+
+
+def test_a_corrupt_image_is_skipped_counted_and_the_run_finishes(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    generator = np.random.default_rng(0)
+    for split, count in (("train", 20), ("test", 6)):
+        for label in ("a", "b"):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = generator.integers(0, 256, (12 + index % 3, 10, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    (tmp_path / "images" / "train" / "a" / "broken.png").write_bytes(b"\x89PNG not really")
+    run_dir = _run(
+        tmp_path, "folder", "data.name=imagefolder", f"data.root={tmp_path / 'images'}", "train.batch_size=40"
+    )
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["unreadable_images"] == 1
+    assert "broken.png" in (run_dir / "unreadable_images.txt").read_text()

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO, TINY_RUN
+from pretraining_runs import REPO, TINY_RUN
 
 from ssl_toolkit.cli import main as cli_main
 

@@ -6,6 +6,7 @@ import torch
 
 from ssl_toolkit.data.image_tensor_dataset import ImageTensorDataset
 
+SPLITS = ("train", "test")
 TEST_FRACTION = 0.25
 SPLIT_SEED = 0  # fixed, so every run and every evaluation sees the same train/test split
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch.utils.data import Dataset
+
+from ssl_toolkit.data.image_dataset import ImageDataset, Transform, pixel_histogram, stats_from_histogram
+
+# Above this many pixel values (CIFAR-10's train split has 153.6M) the statistics come from a sample.
+EXACT_STATS_MAX_VALUES = 200_000_000
+STATS_CHUNK = 4_096  # images per histogram step, to bound the temporary memory
 
 
-class ImageTensorDataset(Dataset):
+class ImageTensorDataset(ImageDataset):
     """Images (N, C, H, W) uint8 with integer targets (N,); `transform` maps one uint8 image to a sample.
 
     Items are `(transform(image), target)`; without a transform the uint8 image itself.
@@ -19,7 +24,7 @@ class ImageTensorDataset(Dataset):
         images: torch.Tensor,
         targets: torch.Tensor,
         classes: Sequence[str],
-        transform: Callable[[torch.Tensor], object] | None = None,
+        transform: Transform | None = None,
     ):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -31,24 +36,23 @@ class ImageTensorDataset(Dataset):
         self.transform = transform
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
     def channels(self) -> int:
         return self.images.shape[1]
 
-    def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the pixels scaled to [0, 1]."""
-        pixels = self.images.transpose(0, 1).reshape(self.channels, -1).float() / 255.0
-        return pixels.mean(dim=1).tolist(), pixels.std(dim=1).tolist()
+    @property
+    def fixed_size(self) -> int | None:
+        height, width = self.images.shape[2:]
+        return height if height == width else None
 
-    def with_transform(self, transform: Callable[[torch.Tensor], object] | None) -> ImageTensorDataset:
-        return ImageTensorDataset(self.images, self.targets, self.classes, transform)
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the pixels scaled to [0, 1]; exact unless the dataset is very large."""
+        if self.images.numel() > EXACT_STATS_MAX_VALUES:
+            return super().channel_stats()
+        chunks = (self.images[start : start + STATS_CHUNK] for start in range(0, len(self), STATS_CHUNK))
+        return stats_from_histogram(pixel_histogram(chunks))
+
+    def load_image(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.targets[index])
 
     def __len__(self) -> int:
         return self.images.shape[0]
-
-    def __getitem__(self, index: int):
-        image = self.images[index]
-        return (self.transform(image) if self.transform is not None else image), self.targets[index]

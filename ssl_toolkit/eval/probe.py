@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from ssl_toolkit import distributed
 from ssl_toolkit.augment import eval_transform
 from ssl_toolkit.config import Config, ConfigError, load_config
-from ssl_toolkit.data import ImageTensorDataset, create_dataset
+from ssl_toolkit.data import ImageDataset, NoReadableImagesError, create_dataset
 from ssl_toolkit.eval.features import extract_features
 from ssl_toolkit.eval.linear_probe import train_linear_probe
 from ssl_toolkit.eval.metrics import classification_report
@@ -29,14 +29,15 @@ def load_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return load_config(path, overrides)
 
 
-def _datasets(config: Config, mean: list[float], std: list[float]) -> tuple[ImageTensorDataset, ...]:
+def _datasets(config: Config, mean: list[float], std: list[float]) -> tuple[ImageDataset, ImageDataset]:
     transform = eval_transform(config.data.image_size, mean, std)
     try:
-        return tuple(
-            create_dataset(config.data.name, config.data.root, split).with_transform(transform)
-            for split in ("train", "test")
-        )
-    except (ValueError, FileNotFoundError) as error:
+        train = create_dataset(config.data.name, config.data.root, "train", download=config.data.download)
+        # imagefolder decides channels per split from its first image; the encoder expects train's.
+        options = {"channels": train.channels} if config.data.name == "imagefolder" else {}
+        test = create_dataset(config.data.name, config.data.root, "test", **options)
+        return train.with_transform(transform), test.with_transform(transform)
+    except (ValueError, FileNotFoundError, NoReadableImagesError) as error:
         raise ConfigError(f"data.name={config.data.name!r}: {error}") from None
 
 
