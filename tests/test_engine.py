@@ -143,3 +143,29 @@ def test_a_corrupt_image_is_skipped_counted_and_the_run_finishes(tmp_path):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["unreadable_images"] == 1
     assert "broken.png" in (run_dir / "unreadable_images.txt").read_text()
+
+
+def test_a_missing_dataset_stops_with_one_message_and_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from pretraining_runs import REPO
+
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "ssl_toolkit.pretrain", str(REPO / "recipes" / "quickstart.yaml"),
+            "data.name=fashion_mnist", f"data.root={tmp_path / 'nowhere'}", f"run.output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert str(tmp_path / "nowhere") in result.stderr and "dataset-fashion-mnist" in result.stderr
+
+
+def test_wandb_offline_run_with_the_view_grid_lands_in_the_run_directory(tmp_path):
+    run_dir = _run(tmp_path, "wandb", "log.trackers=[wandb]")
+    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
+    images = list((offline_run / "files" / "media" / "images").glob("views_*.png"))
+    assert images, "the view grid was not logged"
