@@ -59,6 +59,7 @@ class ModelSection:
     cifar_stem: bool = False
     proj_hidden_dim: int | None = None  # None: the backbone's feature dimension, as in SimCLR
     proj_dim: int = 128
+    sync_bn: bool = False  # SimCLR's global BatchNorm: statistics over every process's batch
 
 
 @dataclass
@@ -88,6 +89,10 @@ class TrainSection:
     grad_cache_chunk: int = 0
     checkpoint_every: int = 1000
     resume: str | None = None
+    max_bad_steps: int = 5  # consecutive steps with a NaN/inf loss before the run stops
+    clip_grad_norm: float | None = None
+    channels_last: bool = False
+    compile: bool = False  # torch.compile through Accelerate
 
 
 @dataclass
@@ -255,6 +260,7 @@ def _validate(config: Config) -> None:
         "train.batch_size": config.train.batch_size,
         "train.epochs": config.train.epochs,
         "train.checkpoint_every": config.train.checkpoint_every,
+        "train.max_bad_steps": config.train.max_bad_steps,
         "log.every": config.log.every,
         "data.image_size": config.data.image_size,
     }

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
@@ -19,6 +19,7 @@ from ssl_toolkit import distributed
 from ssl_toolkit.augment import CPUViews, GPUViews, preset_views, resolve_device, view_grid
 from ssl_toolkit.config import Config, ConfigError, save_config, to_dict
 from ssl_toolkit.data import NoReadableImagesError, create_dataset
+from ssl_toolkit.data.epoch_seeded import EpochSeededDataset
 from ssl_toolkit.losses import ArcFaceLoss, NTXentLoss, create_loss
 from ssl_toolkit.models import EncoderSpec, create_encoder, save_encoder
 from ssl_toolkit.optim import create_optimizer, scale_lr, warmup_cosine_lr
@@ -95,17 +96,23 @@ def _log_view_grid(accelerator: Accelerator, views, mean, std, step: int) -> Non
         tracker.log_images({"views": grid.unsqueeze(0)}, step=step)
 
 
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps had a NaN or infinite loss."""
+
+
 class TrainingProgress:
-    """The step counter, saved and restored with Accelerate's checkpoints."""
+    """The step counter and the count of skipped steps, saved and restored with Accelerate's checkpoints."""
 
     def __init__(self) -> None:
         self.step = 0
+        self.skipped_steps = 0
 
     def state_dict(self) -> dict:
-        return {"step": self.step}
+        return {"step": self.step, "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -177,6 +184,9 @@ def pretrain(config: Config) -> Path:
     accelerator = Accelerator(
         cpu=distributed.launched_on_cpu_processes(),
         mixed_precision=config.train.mixed_precision,
+        dynamo_backend="inductor" if config.train.compile else "no",
+        # The shuffle then depends on (seed, epoch) alone, which mid-epoch resume relies on.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         log_with=list(config.log.trackers) or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
     )
@@ -222,8 +232,9 @@ def pretrain(config: Config) -> Path:
             f"train.batch_size={config.train.batch_size} × {accelerator.num_processes} processes is larger "
             f"than the {len(dataset)} training images of {config.data.name}; lower train.batch_size"
         )
+    train_items = EpochSeededDataset(dataset.with_transform(item_transform), config.seed)
     loader = DataLoader(
-        dataset.with_transform(item_transform),
+        train_items,
         batch_size=config.train.batch_size,
         shuffle=True,
         drop_last=True,  # every step has the full number of negatives
@@ -243,6 +254,10 @@ def pretrain(config: Config) -> Path:
         encoder = create_encoder(spec)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if config.model.sync_bn and accelerator.num_processes > 1:
+        encoder = nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
+    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    encoder = encoder.to(memory_format=memory_format)
     objective = ContrastiveObjective(encoder, _create_pretraining_loss(config, len(view_params)))
 
     global_batch = config.train.batch_size * accelerator.num_processes
@@ -286,8 +301,10 @@ def pretrain(config: Config) -> Path:
     samples_since_log, last_log = 0, started
     epoch = progress.step // steps_per_epoch
     start_step = progress.step
+    bad_in_a_row = 0
     while progress.step < total_steps:
         loader.set_epoch(epoch)  # a different, reproducible shuffle every epoch
+        train_items.set_epoch(epoch)  # and different, reproducible views
         batches = loader
         if progress.step > epoch * steps_per_epoch:  # resumed mid-epoch
             batches = accelerator.skip_first_batches(loader, progress.step - epoch * steps_per_epoch)
@@ -298,17 +315,44 @@ def pretrain(config: Config) -> Path:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             views = gpu_views(images) if gpu_views is not None else images
+            views = [view.contiguous(memory_format=memory_format) for view in views]
             if progress.step == start_step:
                 _log_view_grid(accelerator, views, mean, std, progress.step)
             with accelerator.autocast():
                 loss = objective(views)
+            # Every process must take the same decision, or the gradient all-reduce would hang; this
+            # reduction is a device-host sync per step, a small price for never stepping on a NaN.
+            finite_everywhere = accelerator.reduce(torch.isfinite(loss.detach()).float(), "sum").item()
+            if finite_everywhere < accelerator.num_processes:
+                optimizer.zero_grad(set_to_none=True)
+                progress.skipped_steps += 1
+                bad_in_a_row += 1
+                accelerator.print(
+                    f"step {progress.step}: non-finite loss, step skipped ({bad_in_a_row} in a row)"
+                )
+                if bad_in_a_row >= config.train.max_bad_steps:
+                    last = checkpoint_dirs(run_dir)
+                    last_good = last[-1] if last else "none (no checkpoint was written yet)"
+                    raise TrainingDiverged(
+                        f"the loss was NaN or infinite for {bad_in_a_row} steps in a row "
+                        f"(train.max_bad_steps={config.train.max_bad_steps}) at step {progress.step}; "
+                        f"the last good checkpoint is {last_good}. Lower optim.lr, set train.clip_grad_norm "
+                        "or use train.mixed_precision=bf16 (not fp16); then resume with train.resume=auto"
+                    )
+                continue
+            bad_in_a_row = 0
             accelerator.backward(loss)
+            log_now = (progress.step + 1) % config.log.every == 0 or progress.step + 1 in (1, total_steps)
+            grad_norm = None
+            if config.train.clip_grad_norm is not None or log_now:
+                max_norm = config.train.clip_grad_norm or float("inf")  # inf: measure without clipping
+                grad_norm = accelerator.clip_grad_norm_(objective.parameters(), max_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             progress.step += 1
             samples_since_log += views[0].shape[0] * accelerator.num_processes
 
-            if progress.step % config.log.every == 0 or progress.step in (1, total_steps):
+            if log_now:
                 mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
                 now = time.perf_counter()
                 record = {
@@ -317,6 +361,8 @@ def pretrain(config: Config) -> Path:
                     "loss": mean_loss,
                     "lr": lr,
                     "samples_per_s": samples_since_log / max(now - last_log, 1e-9),
+                    "grad_norm": float(grad_norm),
+                    "skipped_steps": progress.skipped_steps,
                     "unreadable_images": _count_unique_lines(run_dir / UNREADABLE_LOG),
                 }
                 samples_since_log, last_log = 0, now

@@ -18,9 +18,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.recipe, args.overrides)
-        from ssl_toolkit.engine import pretrain  # after the config is known good: imports torch
+        from ssl_toolkit.engine import TrainingDiverged, pretrain  # after the config is known good
 
-        pretrain(config)
+        try:
+            pretrain(config)
+        except TrainingDiverged as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 3
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
