@@ -64,9 +64,14 @@ class ModelSection:
 
 @dataclass
 class LossSection:
-    """`name` picks the loss; every other key is passed to its constructor (checked against its signature)."""
+    """`name` picks the loss; every other key is passed to its constructor (checked against its signature).
+
+    `supervised`: the views of images of one class are positives (SupCon); otherwise only views of the
+    same image are (SimCLR).
+    """
 
     name: str = "ntxent"
+    supervised: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -209,7 +214,7 @@ def _validate_loss(section: LossSection) -> None:
         if key not in valid:
             raise ConfigError(
                 f"unknown key loss.{key} for loss {section.name!r}; valid keys: "
-                + ", ".join(f"loss.{k}" for k in ["name", *valid])
+                + ", ".join(f"loss.{k}" for k in ["name", "supervised", *valid])
             )
         section.options[key] = _coerce(value, hints.get(key, Any), f"loss.{key}")
 
@@ -235,7 +240,7 @@ def _apply(config: Config, dotted_key: str, value: Any, *, source: str) -> None:
             f"valid sections: {', '.join(SECTIONS)}"
         )
     section = getattr(config, section_name)
-    if isinstance(section, LossSection) and key != "name":
+    if isinstance(section, LossSection) and key not in ("name", "supervised"):
         section.options[key] = value  # checked against the chosen loss's signature in _validate
         return
     hints = typing.get_type_hints(type(section))
@@ -340,7 +345,7 @@ def to_dict(config: Config) -> dict[str, Any]:
     """The config as plain data, with the loss options flattened into the loss section."""
     data = dataclasses.asdict(config)
     loss = data.pop("loss")
-    data["loss"] = {"name": loss["name"], **loss["options"]}
+    data["loss"] = {"name": loss["name"], "supervised": loss["supervised"], **loss["options"]}
     ordered = {"seed": data.pop("seed")}
     ordered.update({name: data[name] for name in SECTIONS})
     return ordered

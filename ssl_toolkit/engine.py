@@ -20,7 +20,7 @@ from ssl_toolkit.augment import CPUViews, GPUViews, preset_views, resolve_device
 from ssl_toolkit.config import Config, ConfigError, save_config, to_dict
 from ssl_toolkit.data import NoReadableImagesError, create_dataset
 from ssl_toolkit.data.epoch_seeded import EpochSeededDataset
-from ssl_toolkit.losses import ArcFaceLoss, NTXentLoss, create_loss
+from ssl_toolkit.losses import NTXentLoss, create_loss
 from ssl_toolkit.models import EncoderSpec, create_encoder, save_encoder
 from ssl_toolkit.optim import create_optimizer, scale_lr, warmup_cosine_lr
 
@@ -41,7 +41,8 @@ class ContrastiveObjective(nn.Module):
         self.encoder = encoder
         self.loss = loss
 
-    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, views: list[torch.Tensor], class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss of the views (B, C, H, W) of B images; with `class_labels` (B,), classes are positives."""
         embeddings: list[torch.Tensor] = []
         first = 0
         while first < len(views):
@@ -53,16 +54,24 @@ class ContrastiveObjective(nn.Module):
             first = last + 1
         if isinstance(self.loss, NTXentLoss):
             return self.loss(*embeddings)
-        # Label form: the views of one sample share a label, unique across processes.
-        batch = views[0].shape[0]
-        sample_ids = torch.arange(batch, device=views[0].device) + distributed.rank() * batch
-        return self.loss(torch.cat(embeddings), sample_ids.repeat(len(embeddings)))
+        if class_labels is None:  # the views of one sample share a label, unique across processes
+            batch = views[0].shape[0]
+            class_labels = torch.arange(batch, device=views[0].device) + distributed.rank() * batch
+        return self.loss(torch.cat(embeddings), class_labels.repeat(len(embeddings)))
 
 
-def _create_pretraining_loss(config: Config, num_views: int) -> nn.Module:
-    loss = create_loss(config.loss.name, **config.loss.options)
-    if isinstance(loss, ArcFaceLoss):
-        raise ConfigError("loss.name=arcface needs class labels; self-supervised pretraining has none")
+def _create_pretraining_loss(config: Config, num_views: int, num_classes: int) -> nn.Module:
+    options = dict(config.loss.options)
+    if config.loss.name == "arcface":
+        if not config.loss.supervised:
+            raise ConfigError("loss.name=arcface needs class labels: set loss.supervised=true")
+        options.setdefault("num_classes", num_classes)
+        options.setdefault("embedding_dim", config.model.proj_dim)
+    if config.loss.supervised and config.loss.name == "ntxent":
+        raise ConfigError(
+            "loss.supervised=true needs a label-based loss such as loss.name=supcon, not ntxent"
+        )
+    loss = create_loss(config.loss.name, **options)
     if isinstance(loss, NTXentLoss) and num_views != 2:
         raise ConfigError(
             f"loss.name=ntxent takes exactly 2 views, the augmentation makes {num_views} "
@@ -258,7 +267,13 @@ def pretrain(config: Config) -> Path:
         encoder = nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
     encoder = encoder.to(memory_format=memory_format)
-    objective = ContrastiveObjective(encoder, _create_pretraining_loss(config, len(view_params)))
+    if config.loss.supervised and dataset.targets.min() < 0:
+        raise ConfigError(
+            f"loss.supervised=true needs labels, but split {config.data.pretrain_split!r} of "
+            f"{config.data.name} has unlabelled images; choose a labelled data.pretrain_split"
+        )
+    loss = _create_pretraining_loss(config, len(view_params), dataset.num_classes)
+    objective = ContrastiveObjective(encoder, loss)
 
     global_batch = config.train.batch_size * accelerator.num_processes
     peak_lr = scale_lr(config.optim.lr, global_batch, config.optim.lr_scaling)
@@ -308,7 +323,7 @@ def pretrain(config: Config) -> Path:
         batches = loader
         if progress.step > epoch * steps_per_epoch:  # resumed mid-epoch
             batches = accelerator.skip_first_batches(loader, progress.step - epoch * steps_per_epoch)
-        for images, _targets in batches:
+        for images, targets in batches:
             lr = warmup_cosine_lr(
                 progress.step, peak_lr=peak_lr, warmup_steps=warmup_steps, total_steps=total_steps
             )
@@ -319,7 +334,7 @@ def pretrain(config: Config) -> Path:
             if progress.step == start_step:
                 _log_view_grid(accelerator, views, mean, std, progress.step)
             with accelerator.autocast():
-                loss = objective(views)
+                loss = objective(views, targets if config.loss.supervised else None)
             # Every process must take the same decision, or the gradient all-reduce would hang; this
             # reduction is a device-host sync per step, a small price for never stepping on a NaN.
             finite_everywhere = accelerator.reduce(torch.isfinite(loss.detach()).float(), "sum").item()

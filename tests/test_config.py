@@ -90,6 +90,7 @@ def test_saved_config_loads_back_identically(tmp_path):
     assert to_dict(load_config(tmp_path / "config.yaml")) == to_dict(config)
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["loss"] == {
         "name": "ntxent",
+        "supervised": False,
         "temperature": 0.3,
     }
 

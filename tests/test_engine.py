@@ -169,3 +169,14 @@ def test_wandb_offline_run_with_the_view_grid_lands_in_the_run_directory(tmp_pat
     (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
     images = list((offline_run / "files" / "media" / "images").glob("views_*.png"))
     assert images, "the view grid was not logged"
+
+
+def test_supervised_supcon_and_arcface_use_the_class_labels(tmp_path):
+    from ssl_toolkit.config import LossSection
+    from ssl_toolkit.engine import pretrain
+
+    run_dir = _run(tmp_path, "supcon", "loss.name=supcon", "loss.supervised=true")
+    assert all(torch.isfinite(torch.tensor(_losses(run_dir))))
+    config = tiny_config(tmp_path, "arcface")
+    config.loss = LossSection("arcface", supervised=True)  # num_classes and embedding_dim filled in
+    assert all(torch.isfinite(torch.tensor(_losses(pretrain(config)))))
