@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ssl_toolkit.eval.knn import knn_scores, knn_top1
+
+
+def test_scores_match_a_loop_over_neighbours():
+    generator = torch.Generator().manual_seed(0)
+    train, test = torch.randn(30, 4, generator=generator), torch.randn(5, 4, generator=generator)
+    labels = torch.randint(0, 3, (30,), generator=generator)
+    scores = knn_scores(train, labels, test, 3, k=7, temperature=0.1, chunk_size=2)
+    for row, query in enumerate(test):
+        similarity = [
+            (float(query @ t / (query.norm() * t.norm())), int(y)) for t, y in zip(train, labels, strict=True)
+        ]
+        expected = [0.0, 0.0, 0.0]
+        for s, y in sorted(similarity, reverse=True)[:7]:
+            expected[y] += math.exp(s / 0.1)
+        assert scores[row].tolist() == pytest.approx(expected, rel=1e-4)
+
+
+def test_recovers_separable_classes():
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.randn(5, 16, generator=generator) * 4
+    train_y = torch.arange(5).repeat_interleave(40)
+    test_y = torch.arange(5).repeat_interleave(10)
+    train_x = centres[train_y] + torch.randn(200, 16, generator=generator)
+    test_x = centres[test_y] + torch.randn(50, 16, generator=generator)
+    assert knn_top1(train_x, train_y, test_x, test_y, 5) > 0.95
+    shuffled = train_y[torch.randperm(200, generator=generator)]
+    assert knn_top1(train_x, shuffled, test_x, test_y, 5, k=20) < 0.5
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError, match="k must"):
+        knn_scores(torch.randn(3, 2), torch.zeros(3, dtype=torch.long), torch.randn(1, 2), 2, k=0)
