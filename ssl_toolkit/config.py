@@ -192,7 +192,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 pass
         raise ConfigError(f"{key}={value!r} is not a float")
     if annotation is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/yes/off/on as a bool
+            return "no" if value is False else "yes"
+        if isinstance(value, (str, int, float)):
             return str(value)
         raise ConfigError(f"{key}={value!r} is not a string")
     return value

@@ -81,5 +81,7 @@ class ArcFaceLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss for embeddings (N, D) with class labels (N,) in [0, num_classes)."""
         # A sum over max(N, 1) rather than a mean, so that an empty batch gives 0 rather than NaN.
-        total = F.cross_entropy(self.logits(embeddings, labels), labels.long(), reduction="sum")
+        # Angles from half-precision cosines are too coarse for a margin of a few tenths of a radian.
+        with torch.autocast(embeddings.device.type, enabled=False):
+            total = F.cross_entropy(self.logits(embeddings, labels), labels.long(), reduction="sum")
         return total / max(len(labels), 1)

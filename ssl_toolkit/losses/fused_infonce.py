@@ -128,6 +128,8 @@ def infonce_sum(
     # Decided here: inside forward, grad mode is always off, and under torch.no_grad() the inputs may
     # still require grad; computing gradients nobody asked for would triple the cost of evaluation.
     needs_grad = torch.is_grad_enabled() and (anchors.requires_grad or candidates.requires_grad)
-    return _InfoNCESum.apply(
-        anchors, candidates, anchor_class, candidate_class, self_index, temperature, variant, needs_grad
-    )
+    # Autocast would run the block matmuls in bf16/fp16; these losses promise float32 similarities.
+    with torch.autocast(anchors.device.type, enabled=False):
+        return _InfoNCESum.apply(
+            anchors, candidates, anchor_class, candidate_class, self_index, temperature, variant, needs_grad
+        )

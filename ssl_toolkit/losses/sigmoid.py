@@ -126,15 +126,17 @@ class SigmoidLoss(nn.Module):
         needs_grad = torch.is_grad_enabled() and any(
             tensor.requires_grad for tensor in (anchors, candidates.embeddings, scale, bias)
         )
-        total = _SigmoidSum.apply(
-            anchors,
-            candidates.embeddings,
-            labels,
-            candidates.labels,
-            candidates.self_index(len(labels)),
-            scale,
-            bias,
-            needs_grad,
-        )
+        # Autocast would run the block matmuls in bf16/fp16; these losses promise float32 similarities.
+        with torch.autocast(anchors.device.type, enabled=False):
+            total = _SigmoidSum.apply(
+                anchors,
+                candidates.embeddings,
+                labels,
+                candidates.labels,
+                candidates.self_index(len(labels)),
+                scale,
+                bias,
+                needs_grad,
+            )
         count = len(labels) * (len(candidates.labels) - 1)
         return global_mean(total, count, self.gather_distributed)

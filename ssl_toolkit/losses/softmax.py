@@ -109,9 +109,11 @@ def softmax_sum(
     # Every anchor is a candidate, so its class is counted once too many.
     count = (class_count[torch.searchsorted(classes, anchor_labels)] - 1).sum()
     needs_grad = torch.is_grad_enabled() and (anchors.requires_grad or candidates.requires_grad)
-    total = _SoftmaxSum.apply(
-        anchors, candidates, anchor_labels, candidate_labels, self_index, temperature, needs_grad
-    )
+    # Autocast would run the block matmuls in bf16/fp16; these losses promise float32 similarities.
+    with torch.autocast(anchors.device.type, enabled=False):
+        total = _SoftmaxSum.apply(
+            anchors, candidates, anchor_labels, candidate_labels, self_index, temperature, needs_grad
+        )
     return total, count
 
 

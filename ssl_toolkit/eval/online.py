@@ -1,0 +1,41 @@
+"""Evaluation during pretraining: kNN top-1 of the current backbone on a held-out split."""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from ssl_toolkit.eval.features import extract_features
+from ssl_toolkit.eval.knn import knn_top1
+
+
+def evenly_spaced_subset(dataset: Dataset, limit: int) -> Dataset:
+    """At most `limit` items, spread over the whole dataset (datasets are often sorted by class)."""
+    if len(dataset) <= limit:
+        return dataset
+    return Subset(dataset, torch.linspace(0, len(dataset) - 1, limit).long().tolist())
+
+
+def online_knn_top1(
+    backbone: nn.Module,
+    bank: Dataset,
+    queries: Dataset,
+    num_classes: int,
+    accelerator: Accelerator,
+    *,
+    batch_size: int = 256,
+) -> float:
+    """kNN top-1 of `queries` against `bank`, both embedded without augmentation by the frozen backbone.
+
+    The backbone is put in eval mode for the measurement and back in its previous mode afterwards.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        bank_x, bank_y = extract_features(backbone, bank, accelerator, batch_size=batch_size)
+        query_x, query_y = extract_features(backbone, queries, accelerator, batch_size=batch_size)
+    finally:
+        backbone.train(was_training)
+    return knn_top1(bank_x, bank_y, query_x, query_y, num_classes)
