@@ -20,6 +20,7 @@ from ssl_toolkit.augment import CPUViews, GPUViews, preset_views, resolve_device
 from ssl_toolkit.config import Config, ConfigError, save_config, to_dict
 from ssl_toolkit.data import NoReadableImagesError, create_dataset
 from ssl_toolkit.data.epoch_seeded import EpochSeededDataset
+from ssl_toolkit.grad_cache import cached_backward
 from ssl_toolkit.losses import NTXentLoss, create_loss
 from ssl_toolkit.models import EncoderSpec, create_encoder, save_encoder
 from ssl_toolkit.optim import create_optimizer, scale_lr, warmup_cosine_lr
@@ -33,7 +34,9 @@ class ContrastiveObjective(nn.Module):
     """Encoder and loss as one module, so that DDP also averages a loss's learnable parameters.
 
     Views are embedded in groups of equal size (multi-crop has large and small ones); views of one
-    size share a forward pass, so BatchNorm sees all of them, as in SimCLR.
+    size share a forward pass, so BatchNorm sees all of them, as in SimCLR. `mode="embed"` returns the
+    embeddings instead of the loss: gradient caching embeds chunks through `forward`, so that DDP sees
+    a forward before each backward.
     """
 
     def __init__(self, encoder: nn.Module, loss: nn.Module):
@@ -41,8 +44,21 @@ class ContrastiveObjective(nn.Module):
         self.encoder = encoder
         self.loss = loss
 
-    def forward(self, views: list[torch.Tensor], class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Loss of the views (B, C, H, W) of B images; with `class_labels` (B,), classes are positives."""
+    def forward(
+        self, views: list[torch.Tensor], class_labels: torch.Tensor | None = None, mode: str = "loss"
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Loss of the views (B, C, H, W) of B images; with `class_labels` (B,), classes are positives.
+
+        With `mode="embed"`, the embeddings z (B, D) of each view instead.
+        """
+        if mode == "embed":
+            return self.embed(views)
+        if mode != "loss":
+            raise ValueError(f"mode must be 'loss' or 'embed', got {mode!r}")
+        return self.loss_of_embeddings(self.embed(views), class_labels)
+
+    def embed(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Embeddings z (B, D) of each view (B, C, H, W), one forward per group of equal-size views."""
         embeddings: list[torch.Tensor] = []
         first = 0
         while first < len(views):
@@ -52,12 +68,44 @@ class ContrastiveObjective(nn.Module):
             _h, z = self.encoder(torch.cat(views[first : last + 1]))
             embeddings += z.chunk(last + 1 - first)
             first = last + 1
+        return embeddings
+
+    def loss_of_embeddings(
+        self, embeddings: list[torch.Tensor], class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Loss of the embeddings (B, D) of each view of B images; `class_labels` (B,) as in `forward`."""
         if isinstance(self.loss, NTXentLoss):
             return self.loss(*embeddings)
         if class_labels is None:  # the views of one sample share a label, unique across processes
-            batch = views[0].shape[0]
-            class_labels = torch.arange(batch, device=views[0].device) + distributed.rank() * batch
+            batch = embeddings[0].shape[0]
+            class_labels = torch.arange(batch, device=embeddings[0].device) + distributed.rank() * batch
         return self.loss(torch.cat(embeddings), class_labels.repeat(len(embeddings)))
+
+
+def _grad_cached_step(
+    accelerator: Accelerator,
+    objective: nn.Module,
+    views: list[torch.Tensor],
+    class_labels: torch.Tensor | None,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Forward and backward of one step by gradient caching (`train.grad_cache_chunk`); returns the loss."""
+    unwrapped = accelerator.unwrap_model(objective)
+
+    def embed(chunk: list[torch.Tensor]) -> list[torch.Tensor]:
+        with accelerator.autocast():  # through the (DDP) wrapper: DDP needs a forward before each backward
+            return objective(chunk, mode="embed")
+
+    return cached_backward(
+        embed,
+        lambda embeddings: unwrapped.loss_of_embeddings(embeddings, class_labels),  # float32, no autocast
+        views,
+        chunk_size,
+        loss_parameters=unwrapped.loss.parameters(),
+        buffers=unwrapped.buffers(),
+        backward=accelerator.backward,
+        no_sync=lambda: accelerator.no_sync(objective),
+    )
 
 
 def _create_pretraining_loss(config: Config, num_views: int, num_classes: int) -> nn.Module:
@@ -188,6 +236,11 @@ def pretrain(config: Config) -> Path:
 
     Writes `config.yaml`, `metrics.jsonl`, `checkpoints/` and, at the end, `encoder.safetensors`.
     """
+    if config.train.grad_cache_chunk < 0:
+        raise ConfigError(
+            f"train.grad_cache_chunk={config.train.grad_cache_chunk} must be 0 (off) or a number of images "
+            f"per chunk, e.g. {config.train.batch_size // 4}"
+        )
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(
@@ -333,8 +386,14 @@ def pretrain(config: Config) -> Path:
             views = [view.contiguous(memory_format=memory_format) for view in views]
             if progress.step == start_step:
                 _log_view_grid(accelerator, views, mean, std, progress.step)
-            with accelerator.autocast():
-                loss = objective(views, targets if config.loss.supervised else None)
+            class_labels = targets if config.loss.supervised else None
+            if config.train.grad_cache_chunk:  # forward and backward now; a skipped step drops the gradients
+                loss = _grad_cached_step(
+                    accelerator, objective, views, class_labels, config.train.grad_cache_chunk
+                )
+            else:
+                with accelerator.autocast():
+                    loss = objective(views, class_labels)
             # Every process must take the same decision, or the gradient all-reduce would hang; this
             # reduction is a device-host sync per step, a small price for never stepping on a NaN.
             finite_everywhere = accelerator.reduce(torch.isfinite(loss.detach()).float(), "sum").item()
@@ -356,7 +415,8 @@ def pretrain(config: Config) -> Path:
                     )
                 continue
             bad_in_a_row = 0
-            accelerator.backward(loss)
+            if not config.train.grad_cache_chunk:
+                accelerator.backward(loss)
             log_now = (progress.step + 1) % config.log.every == 0 or progress.step + 1 in (1, total_steps)
             grad_norm = None
             if config.train.clip_grad_norm is not None or log_now:
