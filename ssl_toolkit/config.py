@@ -104,6 +104,7 @@ class TrainSection:
 class LogSection:
     trackers: list[str] = field(default_factory=lambda: ["wandb"])
     every: int = 10
+    knn_every: int = 0  # steps between online kNN evaluations on the test split (0 = never)
 
 
 @dataclass

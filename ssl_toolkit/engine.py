@@ -16,10 +16,12 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from ssl_toolkit import distributed
-from ssl_toolkit.augment import CPUViews, GPUViews, preset_views, resolve_device, view_grid
+from ssl_toolkit.augment import CPUViews, GPUViews, eval_transform, preset_views, resolve_device, view_grid
 from ssl_toolkit.config import Config, ConfigError, save_config, to_dict
 from ssl_toolkit.data import NoReadableImagesError, create_dataset
 from ssl_toolkit.data.epoch_seeded import EpochSeededDataset
+from ssl_toolkit.eval.online import evenly_spaced_subset, online_knn_top1
+from ssl_toolkit.eval.representation_metrics import view_pair_metrics
 from ssl_toolkit.grad_cache import cached_backward
 from ssl_toolkit.losses import NTXentLoss, create_loss
 from ssl_toolkit.models import EncoderSpec, create_encoder, save_encoder
@@ -68,6 +70,8 @@ class ContrastiveObjective(nn.Module):
             _h, z = self.encoder(torch.cat(views[first : last + 1]))
             embeddings += z.chunk(last + 1 - first)
             first = last + 1
+        # Kept (detached, no copy) for the logged batch statistics; with gradient caching, the last chunk's.
+        self.last_embeddings = [z.detach() for z in embeddings]
         return embeddings
 
     def loss_of_embeddings(
@@ -136,6 +140,19 @@ def common_size_transform(image_size: int) -> v2.Compose:
     """
     side = max(image_size, round(image_size * 8 / 7))
     return v2.Compose([v2.Resize(side, antialias=True), v2.CenterCrop(side)])
+
+
+def _knn_sets(config: Config, mean, std) -> tuple:
+    """Train (the neighbours, ≤ 10,000) and test (the queries, ≤ 2,000) splits without augmentation."""
+    transform = eval_transform(config.data.image_size, mean, std)
+    try:
+        bank = create_dataset(config.data.name, config.data.root, "train").with_transform(transform)
+        queries = create_dataset(config.data.name, config.data.root, "test").with_transform(transform)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(
+            f"log.knn_every needs labelled train and test splits of {config.data.name}: {error}"
+        ) from None
+    return evenly_spaced_subset(bank, 10_000), evenly_spaced_subset(queries, 2_000)
 
 
 def _count_unique_lines(path: Path) -> int:
@@ -364,6 +381,7 @@ def pretrain(config: Config) -> Path:
         f"global batch {global_batch} ({accelerator.num_processes} processes), {total_steps} steps, "
         f"peak lr {peak_lr:.4g}, run directory {run_dir}"
     )
+    knn_sets = _knn_sets(config, mean, std) if config.log.knn_every > 0 else None
     objective.train()
     started = time.perf_counter()
     samples_since_log, last_log = 0, started
@@ -417,7 +435,11 @@ def pretrain(config: Config) -> Path:
             bad_in_a_row = 0
             if not config.train.grad_cache_chunk:
                 accelerator.backward(loss)
-            log_now = (progress.step + 1) % config.log.every == 0 or progress.step + 1 in (1, total_steps)
+            next_step = progress.step + 1
+            knn_now = knn_sets is not None and (
+                next_step % config.log.knn_every == 0 or next_step == total_steps
+            )
+            log_now = knn_now or next_step % config.log.every == 0 or next_step in (1, total_steps)
             grad_norm = None
             if config.train.clip_grad_norm is not None or log_now:
                 max_norm = config.train.clip_grad_norm or float("inf")  # inf: measure without clipping
@@ -439,7 +461,17 @@ def pretrain(config: Config) -> Path:
                     "grad_norm": float(grad_norm),
                     "skipped_steps": progress.skipped_steps,
                     "unreadable_images": _count_unique_lines(run_dir / UNREADABLE_LOG),
+                    **view_pair_metrics(*accelerator.unwrap_model(objective).last_embeddings[:2]),
                 }
+                if knn_sets is not None and (
+                    progress.step % config.log.knn_every == 0 or progress.step == total_steps
+                ):
+                    record["knn_top1"] = online_knn_top1(
+                        accelerator.unwrap_model(objective).encoder.backbone,
+                        *knn_sets,
+                        dataset.num_classes,
+                        accelerator,
+                    )
                 samples_since_log, last_log = 0, now
                 accelerator.log(record, step=progress.step)
                 if accelerator.is_main_process:

@@ -180,3 +180,13 @@ def test_supervised_supcon_and_arcface_use_the_class_labels(tmp_path):
     config = tiny_config(tmp_path, "arcface")
     config.loss = LossSection("arcface", supervised=True)  # num_classes and embedding_dim filled in
     assert all(torch.isfinite(torch.tensor(_losses(pretrain(config)))))
+
+
+def test_logged_batch_statistics_and_online_knn(tmp_path):
+    run_dir = _run(tmp_path, "stats", "log.knn_every=2")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        assert 0.0 <= record["alignment"] <= 4.0 and record["uniformity"] <= 0.0
+        assert -1.0 <= record["negative_similarity"] <= record["positive_similarity"] + 1.0
+        assert record["grad_norm"] > 0
+    assert "knn_top1" not in records[0] and 0.1 < records[-1]["knn_top1"] <= 1.0  # digits: far above chance
