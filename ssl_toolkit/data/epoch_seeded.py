@@ -27,8 +27,13 @@ class EpochSeededDataset(Dataset):
 
     def __getitem__(self, index: int):
         item_seed = hash((self.seed, int(self._epoch[0]), index)) & 0x7FFF_FFFF_FFFF_FFFF
-        # fork_rng restores the caller's generator afterwards: in the main process (num_workers=0)
-        # the model's own randomness must not depend on how many items were loaded.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
+        # The caller's generator is restored afterwards: in the main process (num_workers=0) the model's own
+        # randomness must not depend on how many items were loaded. Only the CPU generator is touched
+        # (torch.manual_seed / fork_rng also visit every accelerator and cost as much as the item itself).
+        generator = torch.default_generator
+        caller_state = generator.get_state()
+        generator.manual_seed(item_seed)
+        try:
             return self.dataset[index]
+        finally:
+            generator.set_state(caller_state)
