@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
 from ssl_toolkit import distributed
 from ssl_toolkit.augment import CPUViews, GPUViews, eval_transform, preset_views, resolve_device, view_grid
@@ -382,6 +384,14 @@ def pretrain(config: Config) -> Path:
         f"peak lr {peak_lr:.4g}, run directory {run_dir}"
     )
     knn_sets = _knn_sets(config, mean, std) if config.log.knn_every > 0 else None
+    # A bar on an interactive terminal, on the main process only; in logs (CI, SLURM) plain lines suffice.
+    progress_bar = tqdm(
+        total=total_steps,
+        initial=progress.step,
+        desc="pretraining",
+        disable=not (accelerator.is_local_main_process and sys.stderr.isatty()),
+        dynamic_ncols=True,
+    )
     objective.train()
     started = time.perf_counter()
     samples_since_log, last_log = 0, started
@@ -402,7 +412,8 @@ def pretrain(config: Config) -> Path:
                 group["lr"] = lr
             views = gpu_views(images) if gpu_views is not None else images
             views = [view.contiguous(memory_format=memory_format) for view in views]
-            if progress.step == start_step:
+            grid_due = knn_sets is not None and (progress.step + 1) % config.log.knn_every == 0
+            if progress.step == start_step or grid_due:  # the views, with each periodic evaluation
                 _log_view_grid(accelerator, views, mean, std, progress.step)
             class_labels = targets if config.loss.supervised else None
             if config.train.grad_cache_chunk:  # forward and backward now; a skipped step drops the gradients
@@ -447,6 +458,7 @@ def pretrain(config: Config) -> Path:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             progress.step += 1
+            progress_bar.update(1)
             samples_since_log += views[0].shape[0] * accelerator.num_processes
 
             if log_now:
@@ -477,10 +489,11 @@ def pretrain(config: Config) -> Path:
                 if accelerator.is_main_process:
                     with metrics_path.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
-                    accelerator.print(
-                        f"step {progress.step}/{total_steps}  loss {mean_loss:.4f}  lr {lr:.4g}  "
-                        f"{record['samples_per_s']:.0f} samples/s"
-                    )
+                    progress_bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
+                    line = f"step {progress.step}/{total_steps}  loss {mean_loss:.4f}  lr {lr:.4g}  "
+                    line += f"{record['samples_per_s']:.0f} samples/s"
+                    line += f"  kNN top-1 {record['knn_top1']:.4f}" if "knn_top1" in record else ""
+                    progress_bar.write(line)
             if progress.step % config.train.checkpoint_every == 0 and progress.step < total_steps:
                 save_checkpoint(accelerator, run_dir, progress.step)
             if progress.step >= total_steps:
@@ -495,6 +508,7 @@ def pretrain(config: Config) -> Path:
             run_dir / "encoder.safetensors",
             extra={"step": progress.step, "data": {"name": config.data.name, "mean": mean, "std": std}},
         )
+    progress_bar.close()
     accelerator.print(f"done in {time.perf_counter() - started:.1f}s; encoder written to {run_dir}")
     accelerator.end_training()
     return run_dir
