@@ -247,7 +247,14 @@ def _init_trackers(accelerator: Accelerator, config: Config, run_dir: Path) -> N
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
         init_kwargs["wandb"] = {"name": config.run.name, "dir": str(run_dir)}
-    accelerator.init_trackers("ssl_toolkit", config=to_dict(config), init_kwargs=init_kwargs)
+    # Flat `section.key` scalars: TensorBoard's hyperparameters accept nothing nested, lists or None.
+    flat = {
+        f"{section}.{key}" if isinstance(values, dict) else section: value
+        for section, values in to_dict(config).items()
+        for key, value in (values.items() if isinstance(values, dict) else [(None, values)])
+    }
+    hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
+    accelerator.init_trackers("ssl_toolkit", config=hyperparameters, init_kwargs=init_kwargs)
 
 
 def pretrain(config: Config) -> Path:

@@ -190,3 +190,17 @@ def test_logged_batch_statistics_and_online_knn(tmp_path):
         assert -1.0 <= record["negative_similarity"] <= record["positive_similarity"] + 1.0
         assert record["grad_norm"] > 0
     assert "knn_top1" not in records[0] and 0.1 < records[-1]["knn_top1"] <= 1.0  # digits: far above chance
+
+
+def test_tensorboard_gets_the_metrics_and_periodic_view_grids(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = _run(tmp_path, "tensorboard", "log.trackers=[tensorboard]", "log.knn_every=1")
+    scalars, image_steps = set(), []
+    for folder in {path.parent for path in run_dir.rglob("events.out.tfevents.*")}:  # hparams get their own
+        accumulator = EventAccumulator(str(folder), size_guidance={"images": 0}).Reload()
+        scalars |= set(accumulator.Tags()["scalars"])
+        if "views" in accumulator.Tags()["images"]:
+            image_steps += [event.step for event in accumulator.Images("views")]
+    assert {"loss", "lr", "knn_top1", "alignment"} <= scalars
+    assert sorted(image_steps) == [0, 1]  # the first step's views, then with each kNN evaluation
