@@ -272,7 +272,6 @@ def pretrain(config: Config) -> Path:
     accelerator = Accelerator(
         cpu=distributed.launched_on_cpu_processes(),
         mixed_precision=config.train.mixed_precision,
-        dynamo_backend="inductor" if config.train.compile else "no",
         # The shuffle then depends on (seed, epoch) alone, which mid-epoch resume relies on.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         log_with=list(config.log.trackers) or None,
@@ -352,6 +351,9 @@ def pretrain(config: Config) -> Path:
             f"{config.data.name} has unlabelled images; choose a labelled data.pretrain_split"
         )
     loss = _create_pretraining_loss(config, len(view_params), dataset.num_classes)
+    plain_encoder = encoder  # shares the compiled one's parameters; saved and evaluated without "_orig_mod."
+    if config.train.compile:  # the encoder only: the losses' loops and custom gradients gain nothing
+        encoder = torch.compile(encoder)
     objective = ContrastiveObjective(encoder, loss)
 
     global_batch = config.train.batch_size * accelerator.num_processes
@@ -486,7 +488,7 @@ def pretrain(config: Config) -> Path:
                     progress.step % config.log.knn_every == 0 or progress.step == total_steps
                 ):
                     record["knn_top1"] = online_knn_top1(
-                        accelerator.unwrap_model(objective).encoder.backbone,
+                        plain_encoder.backbone,
                         *knn_sets,
                         dataset.num_classes,
                         accelerator,
@@ -510,7 +512,7 @@ def pretrain(config: Config) -> Path:
     save_checkpoint(accelerator, run_dir, progress.step)
     if accelerator.is_main_process:
         save_encoder(
-            accelerator.unwrap_model(objective).encoder,
+            plain_encoder,
             spec,
             run_dir / "encoder.safetensors",
             extra={"step": progress.step, "data": {"name": config.data.name, "mean": mean, "std": std}},

@@ -204,3 +204,10 @@ def test_tensorboard_gets_the_metrics_and_periodic_view_grids(tmp_path):
             image_steps += [event.step for event in accumulator.Images("views")]
     assert {"loss", "lr", "knn_top1", "alignment"} <= scalars
     assert sorted(image_steps) == [0, 1]  # the first step's views, then with each kNN evaluation
+
+
+def test_compiled_encoder_trains_and_saves_loadable_weights(tmp_path):
+    run_dir = _run(tmp_path, "compiled", "train.compile=true")
+    encoder, _, _ = load_encoder(run_dir / "encoder.safetensors")  # plain names, no "_orig_mod."
+    assert all(torch.isfinite(torch.tensor(_losses(run_dir))))
+    assert encoder.eval()(torch.zeros(2, 1, 8, 8))[1].shape == (2, 16)
