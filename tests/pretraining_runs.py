@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ssl_toolkit.config import load_config
@@ -26,3 +27,8 @@ def tiny_config(output_dir, name="tiny", *overrides):
         REPO / "recipes" / "quickstart.yaml",
         [*TINY_RUN, f"run.output_dir={output_dir}", f"run.name={name}", *overrides],
     )
+
+
+def logged_losses(run_dir: Path) -> list[float]:
+    """The `loss` of every line of a run's metrics.jsonl, in order."""
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -4,7 +4,7 @@ import json
 
 import torch
 from accelerate import Accelerator
-from pretraining_runs import tiny_config
+from pretraining_runs import logged_losses, tiny_config
 from safetensors.torch import load_file
 
 from ssl_toolkit.config import load_config, to_dict
@@ -79,14 +79,10 @@ def _run(tmp_path, name, *overrides):
     return pretrain(tiny_config(tmp_path, name, *overrides))
 
 
-def _losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_batch_views_made_by_kornia_on_the_accelerator(tmp_path):
     # On this CPU-only machine the "gpu" pipeline runs kornia on the CPU: the same code path as on CUDA.
     run_dir = _run(tmp_path, "kornia", "augment.device=gpu")
-    assert all(torch.isfinite(torch.tensor(_losses(run_dir))))
+    assert all(torch.isfinite(torch.tensor(logged_losses(run_dir))))
 
 
 def test_more_views_and_multi_crop_use_the_label_form(tmp_path):
@@ -98,7 +94,7 @@ def test_more_views_and_multi_crop_use_the_label_form(tmp_path):
         "augment.small_crops=2",
         "augment.small_size=6",
     )
-    assert all(torch.isfinite(torch.tensor(_losses(run_dir))))
+    assert all(torch.isfinite(torch.tensor(logged_losses(run_dir))))
 
 
 def test_ntxent_with_more_than_two_views_is_a_config_error(tmp_path):
@@ -176,10 +172,10 @@ def test_supervised_supcon_and_arcface_use_the_class_labels(tmp_path):
     from ssl_toolkit.engine import pretrain
 
     run_dir = _run(tmp_path, "supcon", "loss.name=supcon", "loss.supervised=true")
-    assert all(torch.isfinite(torch.tensor(_losses(run_dir))))
+    assert all(torch.isfinite(torch.tensor(logged_losses(run_dir))))
     config = tiny_config(tmp_path, "arcface")
     config.loss = LossSection("arcface", supervised=True)  # num_classes and embedding_dim filled in
-    assert all(torch.isfinite(torch.tensor(_losses(pretrain(config)))))
+    assert all(torch.isfinite(torch.tensor(logged_losses(pretrain(config)))))
 
 
 def test_logged_batch_statistics_and_online_knn(tmp_path):
@@ -209,5 +205,5 @@ def test_tensorboard_gets_the_metrics_and_periodic_view_grids(tmp_path):
 def test_compiled_encoder_trains_and_saves_loadable_weights(tmp_path):
     run_dir = _run(tmp_path, "compiled", "train.compile=true")
     encoder, _, _ = load_encoder(run_dir / "encoder.safetensors")  # plain names, no "_orig_mod."
-    assert all(torch.isfinite(torch.tensor(_losses(run_dir))))
+    assert all(torch.isfinite(torch.tensor(logged_losses(run_dir))))
     assert encoder.eval()(torch.zeros(2, 1, 8, 8))[1].shape == (2, 16)

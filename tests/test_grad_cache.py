@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 
 import pytest
 import torch
 from losses.process_group import run_in_process_group
-from pretraining_runs import tiny_config
+from pretraining_runs import logged_losses, tiny_config
 from safetensors.torch import load_file
 from torch import nn
 
@@ -227,10 +226,6 @@ def _run(tmp_path, name, *overrides, loss=None):
     return pretrain(config)
 
 
-def _losses(run_dir) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize("loss", [None, "sigmoid"])
 def test_engine_with_one_chunk_trains_like_the_plain_step(tmp_path, monkeypatch, loss):
     import ssl_toolkit.engine as engine
@@ -245,7 +240,7 @@ def test_engine_with_one_chunk_trains_like_the_plain_step(tmp_path, monkeypatch,
     monkeypatch.setattr(engine, "cached_backward", spy)
     cached = _run(tmp_path, "cached", "train.grad_cache_chunk=32", loss=loss)  # the whole batch of 32
     assert calls == [32, 32]  # both steps took the cached path
-    torch.testing.assert_close(_losses(cached), _losses(plain), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(logged_losses(cached), logged_losses(plain), rtol=1e-6, atol=1e-6)
     # The full state: encoder weights, BatchNorm statistics, the loss's own parameters.
     expected = load_file(str(checkpoint_dirs(plain)[-1] / "model.safetensors"))
     found = load_file(str(checkpoint_dirs(cached)[-1] / "model.safetensors"))
@@ -264,7 +259,7 @@ def test_engine_chunks_multi_crop_views_with_a_smaller_last_chunk(tmp_path):
         "augment.small_size=6",
         "train.grad_cache_chunk=12",  # chunks of 12, 12 and 8 images
     )
-    losses = _losses(run_dir)
+    losses = logged_losses(run_dir)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
 
 
