@@ -1,4 +1,8 @@
-"""The `ssl-toolkit` command: `pretrain`, `probe`."""
+"""The `ssl-toolkit` command: `pretrain`, `probe`, `knn`, `plot`.
+
+Evaluation commands also run under `accelerate launch -m ssl_toolkit.cli probe RUN_DIR`: every process
+embeds its share of the data and the main process reports.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +17,69 @@ def _probe(args: argparse.Namespace) -> int:
     from ssl_toolkit.eval.probe import run_probe
 
     result = run_probe(args.run_dir, args.overrides, features=args.features, baselines=args.baselines)
+    if result is None:  # not the main process
+        return 0
+
+    def line(label: str, report: dict) -> str:
+        top5 = f"   top-5 {100 * report['top5']:.2f}%" if "top5" in report else ""
+        return f"  {label:<26}top-1 {100 * report['top1']:.2f}%{top5}   AUROC {report['auroc']:.4f}"
+
     lines = [f"linear probe on {args.run_dir} ({result['features']} features, dim {result['feature_dim']}):"]
-    lines.append(f"  pretrained encoder   top-1 {100 * result['top1']:.2f}%   AUROC {result['auroc']:.4f}")
+    lines.append(line("pretrained encoder", result))
+    if "projection" in result:
+        lines.append(line(f"projection z (dim {result['projection']['feature_dim']})", result["projection"]))
     if args.baselines:
-        lines.append(f"  same backbone, untrained  top-1 {100 * result['random_init_top1']:.2f}%")
-        lines.append(f"  raw pixels                top-1 {100 * result['raw_pixels_top1']:.2f}%")
+        lines.append(f"  {'same backbone, untrained':<26}top-1 {100 * result['random_init_top1']:.2f}%")
+        lines.append(f"  {'raw pixels':<26}top-1 {100 * result['raw_pixels_top1']:.2f}%")
     lines.append(f"  written to {args.run_dir}/probe.json")
     print("\n".join(lines))
     return 0
+
+
+def _knn(args: argparse.Namespace) -> int:
+    from ssl_toolkit.eval.knn_report import run_knn
+
+    result = run_knn(
+        args.run_dir, args.overrides, features=args.features, k=args.k, temperature=args.temperature
+    )
+    if result is not None:
+        top5 = f", top-5 {100 * result['top5']:.2f}%" if "top5" in result else ""
+        print(
+            f"kNN on {args.run_dir} ({result['features']} features, k={result['k']}, "
+            f"T={result['temperature']}): top-1 {100 * result['top1']:.2f}%{top5}; "
+            f"written to {args.run_dir}/knn.json"
+        )
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from ssl_toolkit.eval.tsne import run_plot
+
+    path = run_plot(
+        args.run_dir,
+        args.overrides,
+        features=args.features,
+        max_points=args.max_points,
+        perplexity=args.perplexity,
+    )
+    if path is not None:
+        print(f"t-SNE map written to {path}")
+    return 0
+
+
+def _evaluation_parser(
+    commands, name: str, help_text: str, feature_choices: list[str]
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help_text)
+    parser.add_argument("run_dir", help="run directory written by pretraining, e.g. runs/quickstart")
+    parser.add_argument("overrides", nargs="*", help="section.key=value applied to the run's config")
+    parser.add_argument(
+        "--features",
+        default="backbone",
+        choices=feature_choices,
+        help="backbone: pre-projection h (default); projection: z",
+    )
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,13 +88,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     pretrain.build_parser(commands.add_parser("pretrain", help="pretrain an encoder from a recipe"))
-    probe = commands.add_parser("probe", help="linear probe on a run's frozen pre-projection features")
-    probe.add_argument("run_dir", help="run directory written by pretraining, e.g. runs/quickstart")
-    probe.add_argument("overrides", nargs="*", help="section.key=value applied to the run's config")
+    probe = _evaluation_parser(
+        commands,
+        "probe",
+        "linear probe on a run's frozen features → probe.json",
+        ["backbone", "projection", "both"],
+    )
     probe.add_argument(
         "--baselines", action="store_true", help="also probe the untrained backbone and raw pixels"
     )
-    probe.add_argument("--features", default="backbone", choices=["backbone", "projection"])
+    probe.set_defaults(handler=_probe)
+    knn = _evaluation_parser(
+        commands, "knn", "weighted kNN on a run's frozen features → knn.json", ["backbone", "projection"]
+    )
+    knn.add_argument("--k", type=int, default=200, help="neighbours that vote (default 200)")
+    knn.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(s/T) (default 0.07)")
+    knn.set_defaults(handler=_knn)
+    plot = _evaluation_parser(
+        commands, "plot", "t-SNE map of a run's test features → PNG", ["backbone", "projection"]
+    )
+    plot.add_argument("--max-points", type=int, default=10_000, help="test items mapped (default 10,000)")
+    plot.add_argument("--perplexity", type=float, default=30.0)
+    plot.set_defaults(handler=_plot)
     return parser
 
 
@@ -44,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             return pretrain.run(args)
-        return _probe(args)
+        return args.handler(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

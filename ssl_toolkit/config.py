@@ -56,6 +56,7 @@ class AugmentSection:
 @dataclass
 class ModelSection:
     backbone: str = "resnet18"
+    backbone_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of timm.create_model
     cifar_stem: bool = False
     proj_hidden_dim: int | None = None  # None: the backbone's feature dimension, as in SimCLR
     proj_dim: int = 128

@@ -334,6 +334,7 @@ def pretrain(config: Config) -> Path:
         backbone=config.model.backbone,
         in_chans=dataset.channels,
         cifar_stem=config.model.cifar_stem,
+        backbone_args=config.model.backbone_args,
         proj_hidden_dim=config.model.proj_hidden_dim,
         proj_dim=config.model.proj_dim,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import timm
@@ -29,14 +29,31 @@ def _cifar_stem(model: nn.Module, in_chans: int) -> None:
 
 
 def create_backbone(
-    name: str, *, in_chans: int = 3, cifar_stem: bool = False, pretrained: bool = False
+    name: str,
+    *,
+    in_chans: int = 3,
+    cifar_stem: bool = False,
+    pretrained: bool = False,
+    backbone_args: dict | None = None,
 ) -> nn.Module:
-    """A timm model without classifier, returning pooled features (N, num_features)."""
+    """A timm model without classifier, returning pooled features (N, num_features).
+
+    `backbone_args` go to `timm.create_model` and override the architecture's own, e.g.
+    `{"layers": [1, 1, 1, 1], "channels": [32, 64, 128, 256]}` for a narrower, shallower resnet18.
+    """
     if name not in timm.list_models():
         close = difflib.get_close_matches(name, timm.list_models(), n=5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
         raise ValueError(f"unknown backbone {name!r} (model.backbone){hint}")
-    model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+    try:
+        model = timm.create_model(
+            name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **(backbone_args or {})
+        )
+    except TypeError as error:  # an argument the architecture does not take
+        raise ValueError(
+            f"model.backbone_args={backbone_args} do not fit {name}: {error}; see the arguments of its "
+            "class in timm (e.g. timm.models.resnet.ResNet)"
+        ) from None
     if cifar_stem:
         _cifar_stem(model, in_chans)
     return model
@@ -62,6 +79,7 @@ class EncoderSpec:
     backbone: str
     in_chans: int = 3
     cifar_stem: bool = False
+    backbone_args: dict = field(default_factory=dict)
     proj_hidden_dim: int | None = None
     proj_dim: int = 128
 
@@ -85,7 +103,11 @@ class Encoder(nn.Module):
 
 def create_encoder(spec: EncoderSpec, *, pretrained: bool = False) -> Encoder:
     backbone = create_backbone(
-        spec.backbone, in_chans=spec.in_chans, cifar_stem=spec.cifar_stem, pretrained=pretrained
+        spec.backbone,
+        in_chans=spec.in_chans,
+        cifar_stem=spec.cifar_stem,
+        pretrained=pretrained,
+        backbone_args=spec.backbone_args,
     )
     feature_dim = backbone.num_features
     head = ProjectionHead(feature_dim, spec.proj_hidden_dim or feature_dim, spec.proj_dim)

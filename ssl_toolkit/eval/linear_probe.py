@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ssl_toolkit.eval.metrics import classification_report
+
 WEIGHT_DECAYS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
 
@@ -69,7 +71,7 @@ def train_linear_probe(
         The classifier fitted on the whole train split, and the search: chosen decay and val top-1 per decay.
     """
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(train_targets), generator=generator)
+    order = torch.randperm(len(train_targets), generator=generator).to(train_features.device)
     n_val = max(1, round(val_fraction * len(order)))
     val, fit = order[:n_val], order[n_val:]
     val_top1 = {}
@@ -83,3 +85,23 @@ def train_linear_probe(
     best = max(weight_decays, key=lambda decay: (val_top1[decay], decay))
     classifier = fit_logistic_regression(train_features, train_targets, num_classes, weight_decay=best)
     return classifier, {"weight_decay": best, "val_top1": {str(k): v for k, v in val_top1.items()}}
+
+
+def evaluate_linear_probe(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    *,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> dict:
+    """Fit the probe on `train` (features (N, D), targets (N,)) and report on `test`, on `device`.
+
+    Returns `classification_report`'s figures with the split sizes, the feature dimension and the
+    weight-decay search.
+    """
+    (train_x, train_y), (test_x, test_y) = [(x.to(device), y.to(device)) for x, y in (train, test)]
+    classifier, search = train_linear_probe(train_x, train_y, num_classes, seed=seed)
+    report = classification_report(classifier.scores(test_x), test_y, num_classes)
+    report.update(num_train=len(train_y), num_test=len(test_y), feature_dim=train_x.shape[1], **search)
+    return report

@@ -6,54 +6,12 @@ import json
 import time
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator
+from ssl_toolkit.config import ConfigError
+from ssl_toolkit.eval.linear_probe import evaluate_linear_probe
+from ssl_toolkit.eval.run import FEATURES, EvaluationRun
 
-from ssl_toolkit import distributed
-from ssl_toolkit.augment import eval_transform
-from ssl_toolkit.config import Config, ConfigError, load_config
-from ssl_toolkit.data import ImageDataset, NoReadableImagesError, create_dataset
-from ssl_toolkit.eval.features import extract_features
-from ssl_toolkit.eval.linear_probe import train_linear_probe
-from ssl_toolkit.eval.metrics import classification_report
-from ssl_toolkit.models import Encoder, create_encoder, load_encoder
-
-FEATURES = ("backbone", "projection")
-
-
-def load_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The run's own config.yaml, with `section.key=value` overrides (e.g. data.root=...)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} has no config.yaml; pass the run directory that pretraining wrote")
-    return load_config(path, overrides)
-
-
-def _datasets(config: Config, mean: list[float], std: list[float]) -> tuple[ImageDataset, ImageDataset]:
-    transform = eval_transform(config.data.image_size, mean, std)
-    try:
-        train = create_dataset(config.data.name, config.data.root, "train", download=config.data.download)
-        # imagefolder decides channels per split from its first image; the encoder expects train's.
-        options = {"channels": train.channels} if config.data.name == "imagefolder" else {}
-        test = create_dataset(config.data.name, config.data.root, "test", **options)
-        return train.with_transform(transform), test.with_transform(transform)
-    except (ValueError, FileNotFoundError, NoReadableImagesError) as error:
-        raise ConfigError(f"data.name={config.data.name!r}: {error}") from None
-
-
-def _embedder(encoder: Encoder, features: str):
-    encoder.eval()  # frozen: BatchNorm uses its running statistics, nothing is updated
-    if features == "backbone":
-        return encoder.backbone
-    return lambda images: encoder(images)[1]
-
-
-def _probe_features(train, test, num_classes: int, seed: int) -> dict:
-    (train_x, train_y), (test_x, test_y) = train, test
-    classifier, search = train_linear_probe(train_x, train_y, num_classes, seed=seed)
-    report = classification_report(classifier.scores(test_x), test_y, num_classes)
-    report.update(num_train=len(train_y), num_test=len(test_y), feature_dim=train_x.shape[1], **search)
-    return report
+FEATURE_CHOICES = (*FEATURES, "both")
+SUMMARY_KEYS = ("top1", "top5", "auroc")
 
 
 def run_probe(
@@ -63,43 +21,51 @@ def run_probe(
     features: str = "backbone",
     baselines: bool = False,
     batch_size: int = 256,
-) -> dict:
-    """Probe the run's frozen encoder on its dataset; writes and returns the contents of probe.json."""
-    if features not in FEATURES:
-        raise ConfigError(f"--features {features!r} is not one of: {', '.join(FEATURES)}")
-    run_dir = Path(run_dir)
-    config = load_run(run_dir, overrides)
-    try:
-        encoder, spec, extra = load_encoder(run_dir / "encoder.safetensors")
-    except FileNotFoundError as error:
-        raise ConfigError(str(error)) from None
-    accelerator = Accelerator(
-        cpu=distributed.launched_on_cpu_processes(), mixed_precision=config.train.mixed_precision
-    )
-    data_stats = extra["data"]
-    train_set, test_set = _datasets(config, data_stats["mean"], data_stats["std"])
-    num_classes = train_set.num_classes
+) -> dict | None:
+    """Probe the run's frozen encoder on its dataset; writes probe.json and returns its contents.
+
+    `features`: "backbone" (h, the default), "projection" (z) or "both", which reports h at the top level
+    and z under "projection". `baselines` adds `random_init_top1` (the same backbone, untrained) and
+    `raw_pixels_top1` under the same probe. Under `accelerate launch` every process embeds its share of the
+    data; the main process fits the probes, writes the file and returns the result, the others None.
+    """
+    if features not in FEATURE_CHOICES:
+        raise ConfigError(f"--features {features!r} is not one of: {', '.join(FEATURE_CHOICES)}")
     started = time.perf_counter()
-
-    def probe_model(model: Encoder) -> dict:
-        model = accelerator.prepare_model(model, evaluation_mode=True)
-        embed = _embedder(accelerator.unwrap_model(model), features)
-        train = extract_features(embed, train_set, accelerator, batch_size=batch_size)
-        test = extract_features(embed, test_set, accelerator, batch_size=batch_size)
-        return _probe_features(train, test, num_classes, config.seed)
-
-    result = probe_model(encoder)
-    result["features"] = features
+    run = EvaluationRun(run_dir, overrides, batch_size=batch_size)
+    kinds = list(FEATURES) if features == "both" else [features]
     if baselines:
-        torch.manual_seed(config.seed)
-        result["random_init_top1"] = probe_model(create_encoder(spec))["top1"]
-        flatten = lambda dataset: extract_features(  # noqa: E731
-            lambda images: images.flatten(1), dataset, accelerator, batch_size=batch_size
-        )
-        result["raw_pixels_top1"] = _probe_features(
-            flatten(train_set), flatten(test_set), num_classes, config.seed
-        )["top1"]
+        kinds += ["random_init", "raw_pixels"]
+    # Every process takes part in every extraction (a collective) before the main process fits alone.
+    extracted = {kind: (run.features(kind, "train"), run.features(kind, "test")) for kind in kinds}
+    if not run.is_main_process:
+        return None
+
+    def probe(kind: str) -> dict:
+        train, test = extracted[kind]
+        return evaluate_linear_probe(train, test, run.num_classes, seed=run.config.seed, device=run.device)
+
+    primary = kinds[0]
+    result = {**probe(primary), "features": primary, "classes": run.classes}
+    if features == "both":
+        result["projection"] = {**probe("projection"), "features": "projection"}
+    if baselines:
+        result["random_init_top1"] = probe("random_init")["top1"]
+        result["raw_pixels_top1"] = probe("raw_pixels")["top1"]
     result["seconds"] = time.perf_counter() - started
-    if accelerator.is_main_process:
-        (run_dir / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    (run.run_dir / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    summary = {f"probe/{key}": result[key] for key in SUMMARY_KEYS if key in result}
+    summary.update(
+        {f"probe/{key}": result[key] for key in ("random_init_top1", "raw_pixels_top1") if key in result}
+    )
+    if features == "both":
+        summary.update(
+            {
+                f"probe/projection_{key}": result["projection"][key]
+                for key in SUMMARY_KEYS
+                if key in result["projection"]
+            }
+        )
+    run.publish(summary)
     return result

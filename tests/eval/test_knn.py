@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
+from ssl_toolkit.cli import main as cli_main
 from ssl_toolkit.eval.knn import knn_scores, knn_top1
+from ssl_toolkit.eval.knn_report import run_knn
+from ssl_toolkit.eval.run import EvaluationRun
 
 
 def test_scores_match_a_loop_over_neighbours():
@@ -38,3 +42,35 @@ def test_recovers_separable_classes():
 def test_arguments_are_checked():
     with pytest.raises(ValueError, match="k must"):
         knn_scores(torch.randn(3, 2), torch.zeros(3, dtype=torch.long), torch.randn(1, 2), 2, k=0)
+
+
+def test_knn_command_writes_knn_json(tiny_run, capsys):
+    assert cli_main(["knn", str(tiny_run), "--k", "20"]) == 0
+    assert "top-1" in capsys.readouterr().out
+    written = json.loads((tiny_run / "knn.json").read_text())
+    assert {
+        "top1",
+        "top5",
+        "k",
+        "temperature",
+        "num_train",
+        "num_test",
+        "feature_dim",
+        "features",
+    } <= written.keys()
+    assert written["k"] == 20 and written["num_train"] == 1347 and written["num_test"] == 450
+    run = EvaluationRun(tiny_run)
+    (train_x, train_y), (test_x, test_y) = run.features("backbone", "train"), run.features("backbone", "test")
+    assert written["top1"] == pytest.approx(knn_top1(train_x, train_y, test_x, test_y, 10, k=20))
+    assert written["top1"] > 0.5  # digits: far above chance even after 2 steps
+
+
+def test_knn_defaults_are_instdisc_and_bad_arguments_are_named(tiny_run):
+    assert (
+        run_knn(tiny_run)["k"] == 200
+        and json.loads((tiny_run / "knn.json").read_text())["temperature"] == 0.07
+    )
+    from ssl_toolkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--k"):
+        run_knn(tiny_run, k=0)

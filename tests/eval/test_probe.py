@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ssl_toolkit.eval.linear_probe import train_linear_probe
+from ssl_toolkit.eval.linear_probe import fit_logistic_regression, train_linear_probe
 from ssl_toolkit.eval.metrics import classification_report, macro_auroc, top_k_accuracy
 from ssl_toolkit.eval.probe import run_probe
 
@@ -29,6 +29,23 @@ def test_probe_recovers_separable_classes_and_not_noise():
     classifier, _ = train_linear_probe(x, shuffled, 4)
     fresh_x, fresh_y = _blobs(200, 4, 16, separation=0.0, noise_seed=3)
     assert (classifier.scores(fresh_x).argmax(1) == fresh_y).float().mean() < 0.45
+
+
+def test_logistic_regression_reaches_scikit_learns_optimum():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _blobs(50, 3, 8, separation=1.0, noise_seed=4)  # overlapping classes: the optimum is interior
+    decay = 1e-2
+    ours = fit_logistic_regression(x, y, 3, weight_decay=decay)
+    standardised = ((x - x.mean(0)) / x.std(0)).double().numpy()
+    # scikit-learn minimises C·Σ cross-entropy + ½‖W‖²; ours, mean cross-entropy + (decay / 2)·‖W‖².
+    theirs = LogisticRegression(C=1 / (decay * len(y)), tol=1e-10, max_iter=10_000).fit(
+        standardised, y.numpy()
+    )
+    expected = theirs.predict_proba(standardised)
+    torch.testing.assert_close(
+        ours.scores(x).softmax(1).double(), torch.from_numpy(expected), atol=2e-4, rtol=0
+    )
 
 
 def test_metrics_agree_with_scikit_learn():
@@ -60,3 +77,19 @@ def test_probe_command_writes_probe_json(tiny_run):
     for key in ("top1", "top5", "random_init_top1", "raw_pixels_top1"):
         assert 0.1 < written[key] <= 1.0  # far above chance on digits, even untrained
     assert written["raw_pixels_top1"] > 0.8
+
+
+def test_probe_of_both_features_reports_h_and_z(tiny_run):
+    result = run_probe(tiny_run, features="both")
+    assert result["features"] == "backbone" and result["feature_dim"] == 96  # test_resnet's h
+    projection = result["projection"]
+    assert projection["features"] == "projection" and projection["feature_dim"] == 16  # model.proj_dim
+    assert {"top1", "top5", "auroc", "confusion_matrix"} <= projection.keys()
+    assert json.loads((tiny_run / "probe.json").read_text())["projection"]["top1"] == projection["top1"]
+
+
+def test_unknown_feature_choice_is_a_clear_error(tiny_run):
+    from ssl_toolkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="backbone, projection, both"):
+        run_probe(tiny_run, features="h")

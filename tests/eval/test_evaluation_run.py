@@ -1,0 +1,146 @@
+"""Opening a finished run for evaluation: frozen encoder, feature cache, W&B summary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+import ssl_toolkit.eval.run as evaluation_run
+from ssl_toolkit.augment import eval_transform
+from ssl_toolkit.config import ConfigError
+from ssl_toolkit.data import create_dataset
+from ssl_toolkit.eval.features import FeatureCache, extract_features
+from ssl_toolkit.eval.run import EvaluationRun, frozen_embedding, wandb_run_id
+from ssl_toolkit.models import load_encoder
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _state(module):
+    return {name: value.clone() for name, value in module.state_dict().items()}
+
+
+def test_feature_extraction_leaves_the_encoder_bit_identical(tiny_run):
+    encoder, _, extra = load_encoder(tiny_run / "encoder.safetensors")
+    stats = extra["data"]
+    digits = create_dataset("digits", None, "test").with_transform(
+        eval_transform(8, stats["mean"], stats["std"])
+    )
+    before = _state(encoder)
+    # A forward pass in training mode would move BatchNorm's running statistics: the check below can fail.
+    encoder.train()(torch.randn(16, 1, 8, 8))
+    assert any(not torch.equal(before[name], value) for name, value in encoder.state_dict().items())
+    encoder.load_state_dict(before)
+    encoder.train()  # evaluation must freeze it whatever mode it comes in
+    for kind in ("backbone", "projection"):
+        extract_features(frozen_embedding(encoder, kind), digits, Accelerator(cpu=True), batch_size=64)
+    after = encoder.state_dict()
+    assert before.keys() == after.keys()
+    for name, value in before.items():
+        assert torch.equal(value, after[name]), name
+    assert all(p.grad is None for p in encoder.parameters())
+
+
+def test_probe_and_knn_leave_the_encoder_file_unchanged(tiny_run):
+    from ssl_toolkit.eval.knn_report import run_knn
+    from ssl_toolkit.eval.probe import run_probe
+
+    before = _digest(tiny_run / "encoder.safetensors")
+    run_probe(tiny_run, features="both")
+    run_knn(tiny_run)
+    assert _digest(tiny_run / "encoder.safetensors") == before
+
+
+def test_cache_round_trip_and_key_mismatch(tmp_path):
+    cache = FeatureCache(tmp_path / "features")
+    features, targets = torch.randn(5, 3), torch.arange(5)
+    key = {"encoder_sha256": "abc", "data": {"name": "digits", "size": (8, 8)}}
+    assert cache.load("backbone_train", key) is None
+    cache.save("backbone_train", key, features, targets)
+    loaded = cache.load(
+        "backbone_train", {"data": {"size": [8, 8], "name": "digits"}, "encoder_sha256": "abc"}
+    )
+    assert loaded is not None and torch.equal(loaded[0], features) and torch.equal(loaded[1], targets)
+    assert cache.load("backbone_train", {**key, "encoder_sha256": "def"}) is None
+    assert not list((tmp_path / "features").glob("*.tmp"))
+    cache.path("backbone_train").write_bytes(b"truncated")  # a corrupt entry is recomputed, not an error
+    assert cache.load("backbone_train", key) is None
+
+
+def test_features_are_cached_and_recomputed_when_the_encoder_changes(tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("features"))
+    first = EvaluationRun(run_dir).features("backbone", "test")
+    assert (run_dir / "features" / "backbone_test.safetensors").is_file()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("features were extracted again instead of read from the cache")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation_run, "extract_features", fail)
+        cached = EvaluationRun(run_dir).features("backbone", "test")
+    assert torch.equal(cached[0], first[0]) and torch.equal(cached[1], first[1])
+
+    # Another encoder in the same run directory (e.g. pretraining continued): the cache is stale.
+    weights_path = run_dir / "encoder.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(weights_path), framework="pt") as handle:
+        metadata = handle.metadata()
+    weights = load_file(str(weights_path))
+    name = next(
+        n for n in weights if n.startswith("backbone.") and n.endswith("weight") and weights[n].ndim == 4
+    )
+    weights[name] = weights[name] * 2
+    save_file(weights, str(weights_path), metadata=metadata)
+    recomputed = EvaluationRun(run_dir).features("backbone", "test")
+    assert not torch.equal(recomputed[0], first[0])
+    assert torch.equal(recomputed[1], first[1])
+
+
+def test_baselines_and_unknown_kinds(tiny_run):
+    run = EvaluationRun(tiny_run)
+    pixels, targets = run.features("raw_pixels", "test")
+    assert pixels.shape == (450, 64) and len(targets) == 450  # 8x8 digits
+    untrained = run.features("random_init", "test")[0]
+    assert not torch.allclose(untrained, run.features("backbone", "test")[0])
+    with pytest.raises(ValueError, match="valid kinds"):
+        run.features("pixels", "test")
+
+
+def test_missing_run_pieces_name_the_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"config\.yaml"):
+        EvaluationRun(tmp_path)
+
+
+def test_results_reach_the_runs_wandb_summary(tmp_path):
+    from pretraining_runs import tiny_config
+
+    from ssl_toolkit.engine import pretrain
+    from ssl_toolkit.eval.knn_report import run_knn
+    from ssl_toolkit.eval.probe import run_probe
+
+    run_dir = pretrain(tiny_config(tmp_path, "wandb", "log.trackers=[wandb]"))
+    run_id = wandb_run_id(run_dir / "wandb")
+    (pretraining,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}")
+    probe = run_probe(run_dir)
+    knn = run_knn(run_dir)
+    segments = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(segments) >= 2, "no W&B run was resumed for the results"  # same id: `wandb sync` merges them
+    summary = {}
+    for segment in segments:
+        path = segment / "files" / "wandb-summary.json"
+        if path.is_file():
+            summary.update(json.loads(path.read_text()))
+    assert summary["probe/top1"] == pytest.approx(probe["top1"])
+    assert summary["knn/top1"] == pytest.approx(knn["top1"])
+    assert pretraining in segments
