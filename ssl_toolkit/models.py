@@ -11,6 +11,8 @@ import timm
 import torch
 from torch import nn
 
+from ssl_toolkit import convnet  # noqa: F401  (registers small_convnet with timm)
+
 
 def _cifar_stem(model: nn.Module, in_chans: int) -> None:
     """Swap a ResNet stem (7x7 stride-2 conv + max-pool) for a 3x3 stride-1 conv, for inputs of ≤ 32 px."""

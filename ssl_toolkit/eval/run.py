@@ -37,12 +37,12 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] 
 
 
 def wandb_run_id(wandb_dir: Path) -> str | None:
-    """The id of the W&B run whose files are in `wandb_dir` (`run-<time>-<id>` folders), or None."""
-    latest = wandb_dir / "latest-run"
-    if latest.exists():
-        return latest.resolve().name.rsplit("-", 1)[-1]
-    folders = sorted(wandb_dir.glob("*run-*-*")) if wandb_dir.is_dir() else []
-    return folders[-1].name.rsplit("-", 1)[-1] if folders else None
+    """The id of the W&B run logged under `wandb_dir`, from its latest `run-<id>.wandb` file, or None.
+
+    (The folder names end in the id too, unless W&B appended a counter to make them unique.)
+    """
+    logs = sorted(wandb_dir.glob("*run-*/run-*.wandb"), key=lambda path: path.stat().st_mtime)
+    return logs[-1].stem.removeprefix("run-") if logs else None
 
 
 class EvaluationRun:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from ssl_toolkit.augment import eval_transform
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.data import create_dataset
 from ssl_toolkit.eval.features import FeatureCache, extract_features
-from ssl_toolkit.eval.run import EvaluationRun, frozen_embedding, wandb_run_id
+from ssl_toolkit.eval.run import EvaluationRun, frozen_embedding
 from ssl_toolkit.models import load_encoder
 
 
@@ -122,25 +121,26 @@ def test_missing_run_pieces_name_the_path(tmp_path):
         EvaluationRun(tmp_path)
 
 
-def test_results_reach_the_runs_wandb_summary(tmp_path):
+def test_results_and_plot_reach_the_runs_wandb_summary(tmp_path):
+    import wandb_offline
     from pretraining_runs import tiny_config
 
     from ssl_toolkit.engine import pretrain
     from ssl_toolkit.eval.knn_report import run_knn
     from ssl_toolkit.eval.probe import run_probe
+    from ssl_toolkit.eval.tsne import run_plot
 
     run_dir = pretrain(tiny_config(tmp_path, "wandb", "log.trackers=[wandb]"))
-    run_id = wandb_run_id(run_dir / "wandb")
-    (pretraining,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}")
-    probe = run_probe(run_dir)
+    (run_id,) = wandb_offline.run_ids(run_dir)
+    probe = run_probe(run_dir, baselines=True)
     knn = run_knn(run_dir)
-    segments = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
-    assert len(segments) >= 2, "no W&B run was resumed for the results"  # same id: `wandb sync` merges them
-    summary = {}
-    for segment in segments:
-        path = segment / "files" / "wandb-summary.json"
-        if path.is_file():
-            summary.update(json.loads(path.read_text()))
+    run_plot(run_dir, max_points=100)
+    # Each evaluation resumed the pretraining run by its id, so `wandb sync` merges them into one run.
+    assert wandb_offline.run_ids(run_dir) == {run_id}
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 4
+    summary = wandb_offline.summary(run_dir)
     assert summary["probe/top1"] == pytest.approx(probe["top1"])
+    assert summary["probe/raw_pixels_top1"] == pytest.approx(probe["raw_pixels_top1"])
     assert summary["knn/top1"] == pytest.approx(knn["top1"])
-    assert pretraining in segments
+    assert summary["tsne/backbone"]["_type"] == "image-file"
+    assert list((run_dir / "wandb").glob("offline-run-*/files/media/images/tsne/backbone_*.png"))
