@@ -24,8 +24,14 @@ RECIPE_DIR = REPO / "recipes"
 ACCELERATE_DIR = RECIPE_DIR / "accelerate"
 RECIPES = sorted(RECIPE_DIR.glob("*.yaml"))
 ACCELERATE_CONFIGS = sorted(ACCELERATE_DIR.glob("*.yaml"))
-GPU_RECIPES = [path for path in RECIPES if path.stem != "quickstart"]
-FASHION_MNIST_RECIPES = [RECIPE_DIR / "fashion_mnist_simclr.yaml", RECIPE_DIR / "fashion_mnist_supcon.yaml"]
+CPU_RECIPES = [RECIPE_DIR / "quickstart.yaml", RECIPE_DIR / "fashion_mnist_simclr_cpu.yaml"]
+GPU_RECIPES = [path for path in RECIPES if path not in CPU_RECIPES]
+CITED_RECIPES = [path for path in RECIPES if path.stem != "quickstart"]
+FASHION_MNIST_RECIPES = [
+    RECIPE_DIR / "fashion_mnist_simclr.yaml",
+    RECIPE_DIR / "fashion_mnist_supcon.yaml",
+    RECIPE_DIR / "fashion_mnist_simclr_cpu.yaml",
+]
 # Sections whose numeric values are hyperparameters that must cite a source (data, log and seed need not).
 CITED_SECTIONS = ("augment", "model", "loss", "optim", "train")
 
@@ -34,6 +40,7 @@ CITED_SECTIONS = ("augment", "model", "loss", "optim", "train")
 EXPECTED = {
     "fashion_mnist_simclr": ("fashion_mnist", "resnet18", True, "ntxent", False, 0.5, 1, 512, 2.0),
     "fashion_mnist_supcon": ("fashion_mnist", "resnet18", True, "supcon", True, 0.1, 1, 512, 0.25),
+    "fashion_mnist_simclr_cpu": ("fashion_mnist", "small_convnet", False, "ntxent", False, 0.5, 1, 256, 1e-3),
     "cifar10_simclr_resnet18": ("cifar10", "resnet18", True, "ntxent", False, 0.5, 1, 512, 2.0),
     "cifar100_supcon_resnet50": ("cifar100", "resnet50", True, "supcon", True, 0.1, 8, 1024, 0.5),
     "stl10_simclr": ("stl10", "resnet18", False, "ntxent", False, 0.5, 1, 512, 0.075 * math.sqrt(512)),
@@ -118,7 +125,14 @@ def test_gpu_recipe_uses_gpu_views_bf16_wandb_and_checkpoints(recipe):
     assert config.run.name == recipe.stem, "run.name should name the run directory after the recipe"
 
 
-@pytest.mark.parametrize("recipe", GPU_RECIPES, ids=_ids)
+def test_cpu_recipe_trains_in_float32_on_cpu_views_and_logs_to_wandb():
+    recipe = RECIPE_DIR / "fashion_mnist_simclr_cpu.yaml"
+    config = load_config(recipe)
+    assert (config.augment.device, config.train.mixed_precision) == ("cpu", "no")
+    assert config.log.trackers == ["wandb"] and config.run.name == recipe.stem
+
+
+@pytest.mark.parametrize("recipe", CITED_RECIPES, ids=_ids)
 def test_every_hyperparameter_cites_its_source(recipe):
     """Each numeric value in the hyperparameter sections has a comment on its line or just above it."""
     section, previous, missing = None, "", []

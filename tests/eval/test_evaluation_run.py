@@ -47,6 +47,22 @@ def test_feature_extraction_leaves_the_encoder_bit_identical(tiny_run):
     assert all(p.grad is None for p in encoder.parameters())
 
 
+def test_evaluation_keeps_the_encoder_equal_to_its_file(tiny_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("features"))
+    run = EvaluationRun(run_dir)
+    run.encoder.train()  # as a caller might leave it
+    for kind in ("backbone", "projection"):
+        run.features(kind, "train")
+    saved = load_file(str(run_dir / "encoder.safetensors"))
+    state = run.encoder.state_dict()
+    assert saved.keys() == state.keys()
+    for name, value in saved.items():
+        assert torch.equal(value, state[name].cpu()), name
+
+
 def test_probe_and_knn_leave_the_encoder_file_unchanged(tiny_run):
     from ssl_toolkit.eval.knn_report import run_knn
     from ssl_toolkit.eval.probe import run_probe
