@@ -3,10 +3,12 @@
     python tools/sweep.py recipes/fashion_mnist_simclr_cpu.yaml --output-dir runs/sweep \\
         --run "recipe:" --run "LARS lr 1.0: optim.name=lars optim.lr=1.0" --common train.epochs=3
 
+Overrides are split like a shell command line: quote one that holds spaces.
+
 Each `--run` is `LABEL: key=value ...`; `--common` overrides apply to every run. Every run is a fresh
 `python -m ssl_toolkit.pretrain` process (one at a time, so timings are not shared with a neighbour),
-followed by `ssl-toolkit probe --baselines` (on the first run only, as baselines do not depend on the
-settings that vary) and `ssl-toolkit knn`. Prints a Markdown table of pretraining time, views/s, linear-probe
+followed by `ssl-toolkit probe` (with `--baselines`, the first run's probe adds the raw-pixel and untrained
+baselines) and `ssl-toolkit knn`. Prints a Markdown table of pretraining time, views/s, linear-probe
 top-1 and AUROC and kNN top-1, and writes it with the raw figures to `OUTPUT_DIR/sweep.json`.
 """
 
@@ -16,6 +18,7 @@ import argparse
 import json
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -25,8 +28,9 @@ import torch
 import yaml
 
 
-def _slug(label: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") or "run"
+def _run_name(index: int, label: str) -> str:
+    # A letter first: YAML would read a name such as 0_2 as the integer 2.
+    return f"run{index}_" + re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
 def _run(command: list[str]) -> str:
@@ -36,11 +40,13 @@ def _run(command: list[str]) -> str:
     return result.stdout
 
 
-def sweep(recipe: str, runs: list[tuple[str, list[str]]], common: list[str], output_dir: Path) -> list[dict]:
+def sweep(
+    recipe: str, runs: list[tuple[str, list[str]]], common: list[str], output_dir: Path, baselines: bool
+) -> list[dict]:
     rows = []
     cli = [sys.executable, "-m", "ssl_toolkit.cli"]
     for index, (label, overrides) in enumerate(runs):
-        name = _slug(label)
+        name = _run_name(index, label)
         run_dir = output_dir / name
         settings = [*common, *overrides, f"run.output_dir={output_dir}", f"run.name={name}"]
         started = time.perf_counter()
@@ -51,7 +57,7 @@ def sweep(recipe: str, runs: list[tuple[str, list[str]]], common: list[str], out
         steps = records[-1]["step"]
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         views_per_image = config["augment"]["n_views"] + config["augment"]["small_crops"]
-        _run([*cli, "probe", str(run_dir), *(["--baselines"] if index == 0 else [])])
+        _run([*cli, "probe", str(run_dir), *(["--baselines"] if baselines and index == 0 else [])])
         _run([*cli, "knn", str(run_dir)])
         probe = json.loads((run_dir / "probe.json").read_text())
         knn = json.loads((run_dir / "knn.json").read_text())
@@ -105,18 +111,19 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, help='"LABEL: key=value ..." (repeatable)')
     parser.add_argument("--common", nargs="*", default=[], help="overrides for every run")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/sweep"))
+    parser.add_argument("--baselines", action="store_true", help="probe the first run with --baselines")
     args = parser.parse_args()
     runs = []
     for spec in args.run:
         label, _, overrides = spec.partition(":")
-        runs.append((label.strip(), overrides.split()))
+        runs.append((label.strip(), shlex.split(overrides)))
     args.output_dir.mkdir(parents=True, exist_ok=True)
     print(
         f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"Python {platform.python_version()}, torch {torch.__version__}, "
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}"
     )
-    rows = sweep(args.recipe, runs, args.common, args.output_dir)
+    rows = sweep(args.recipe, runs, args.common, args.output_dir, args.baselines)
     table = markdown(rows)
     print(table)
     (args.output_dir / "sweep.json").write_text(json.dumps({"rows": rows, "table": table}, indent=2) + "\n")

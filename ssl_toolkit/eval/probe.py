@@ -11,7 +11,7 @@ from ssl_toolkit.eval.linear_probe import evaluate_linear_probe
 from ssl_toolkit.eval.run import FEATURES, EvaluationRun
 
 FEATURE_CHOICES = (*FEATURES, "both")
-SUMMARY_KEYS = ("top1", "top5", "auroc")
+SUMMARY_KEYS = ("top1", "top5", "auroc", "features", "random_init_top1", "raw_pixels_top1")
 
 
 def run_probe(
@@ -55,17 +55,8 @@ def run_probe(
     result["seconds"] = time.perf_counter() - started
     (run.run_dir / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
 
-    summary = {f"probe/{key}": result[key] for key in SUMMARY_KEYS if key in result}
-    summary.update(
-        {f"probe/{key}": result[key] for key in ("random_init_top1", "raw_pixels_top1") if key in result}
-    )
-    if features == "both":
-        summary.update(
-            {
-                f"probe/projection_{key}": result["projection"][key]
-                for key in SUMMARY_KEYS
-                if key in result["projection"]
-            }
-        )
+    summary = {f"probe/{key}": value for key, value in result.items() if key in SUMMARY_KEYS}
+    projection = result.get("projection", {})
+    summary.update({f"probe/projection_{k}": v for k, v in projection.items() if k in SUMMARY_KEYS})
     run.publish(summary)
     return result
