@@ -125,10 +125,11 @@ def test_gpu_recipe_uses_gpu_views_bf16_wandb_and_checkpoints(recipe):
     assert config.run.name == recipe.stem, "run.name should name the run directory after the recipe"
 
 
-def test_cpu_recipe_trains_in_float32_on_cpu_views_and_logs_to_wandb():
+def test_cpu_recipe_makes_views_in_workers_trains_in_bf16_channels_last_and_logs_to_wandb():
     recipe = RECIPE_DIR / "fashion_mnist_simclr_cpu.yaml"
     config = load_config(recipe)
-    assert (config.augment.device, config.train.mixed_precision) == ("cpu", "no")
+    assert (config.augment.device, config.train.mixed_precision) == ("cpu", "bf16")
+    assert config.train.channels_last and config.data.num_workers > 0
     assert config.log.trackers == ["wandb"] and config.run.name == recipe.stem
 
 
