@@ -18,7 +18,15 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from ssl_toolkit import distributed
-from ssl_toolkit.augment import CPUViews, GPUViews, eval_transform, preset_views, resolve_device, view_grid
+from ssl_toolkit.augment import (
+    CPUViews,
+    GPUViews,
+    ViewParams,
+    eval_transform,
+    preset_views,
+    resolve_device,
+    view_grid,
+)
 from ssl_toolkit.config import Config, ConfigError, save_config, to_dict
 from ssl_toolkit.data import NoReadableImagesError, create_dataset
 from ssl_toolkit.data.epoch_seeded import EpochSeededDataset
@@ -142,6 +150,39 @@ def common_size_transform(image_size: int) -> v2.Compose:
     """
     side = max(image_size, round(image_size * 8 / 7))
     return v2.Compose([v2.Resize(side, antialias=True), v2.CenterCrop(side)])
+
+
+def recipe_views(config: Config, channels: int, mean: list[float], std: list[float]) -> list[ViewParams]:
+    """The views that `config.augment` asks for, as its preset resolves them for images of `channels`."""
+    augment = config.augment
+    return preset_views(
+        augment.preset,
+        image_size=config.data.image_size,
+        channels=channels,
+        mean=mean,
+        std=std,
+        n_views=augment.n_views,
+        strength=augment.strength,
+        min_scale=augment.min_scale,
+        flip_p=augment.flip_p,
+        blur_p=augment.blur_p,
+        solarize_p=augment.solarize_p,
+        small_crops=augment.small_crops,
+        small_size=augment.small_size,
+    )
+
+
+def recipe_encoder_spec(config: Config, channels: int) -> EncoderSpec:
+    """The encoder that `config.model` describes, for images of `channels`."""
+    model = config.model
+    return EncoderSpec(
+        backbone=model.backbone,
+        in_chans=channels,
+        cifar_stem=model.cifar_stem,
+        backbone_args=model.backbone_args,
+        proj_hidden_dim=model.proj_hidden_dim,
+        proj_dim=model.proj_dim,
+    )
 
 
 def _knn_sets(config: Config, mean, std) -> tuple:
@@ -291,21 +332,7 @@ def pretrain(config: Config) -> Path:
         raise ConfigError(f"data.name={config.data.name!r}: {error}") from None
     mean, std = dataset.channel_stats()
     try:
-        view_params = preset_views(
-            config.augment.preset,
-            image_size=config.data.image_size,
-            channels=dataset.channels,
-            mean=mean,
-            std=std,
-            n_views=config.augment.n_views,
-            strength=config.augment.strength,
-            min_scale=config.augment.min_scale,
-            flip_p=config.augment.flip_p,
-            blur_p=config.augment.blur_p,
-            solarize_p=config.augment.solarize_p,
-            small_crops=config.augment.small_crops,
-            small_size=config.augment.small_size,
-        )
+        view_params = recipe_views(config, dataset.channels, mean, std)
         on_gpu = resolve_device(config.augment.device) == "gpu"
     except ValueError as error:
         raise ConfigError(f"augment: {error}") from None
@@ -330,14 +357,7 @@ def pretrain(config: Config) -> Path:
         persistent_workers=config.data.num_workers > 0,
     )
 
-    spec = EncoderSpec(
-        backbone=config.model.backbone,
-        in_chans=dataset.channels,
-        cifar_stem=config.model.cifar_stem,
-        backbone_args=config.model.backbone_args,
-        proj_hidden_dim=config.model.proj_hidden_dim,
-        proj_dim=config.model.proj_dim,
-    )
+    spec = recipe_encoder_spec(config, dataset.channels)
     try:
         encoder = create_encoder(spec)
     except ValueError as error:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -28,12 +29,12 @@ from lightly.transforms import SimCLRTransform
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import to_pil_image
 
-from ssl_toolkit.augment import preset_views
 from ssl_toolkit.config import load_config, save_config
 from ssl_toolkit.data import create_dataset
+from ssl_toolkit.engine import recipe_encoder_spec, recipe_views
 from ssl_toolkit.eval.knn_report import run_knn
 from ssl_toolkit.eval.probe import run_probe
-from ssl_toolkit.models import EncoderSpec, create_encoder, save_encoder
+from ssl_toolkit.models import create_encoder, save_encoder
 from ssl_toolkit.optim import create_optimizer, scale_lr, warmup_cosine_lr
 
 
@@ -71,18 +72,13 @@ def main() -> None:
 
     dataset = create_dataset(config.data.name, config.data.root, config.data.pretrain_split)
     mean, std = dataset.channel_stats()
-    # The recipe's views as our preset resolves them, handed to lightly's transform parameter by parameter.
-    view = preset_views(
-        config.augment.preset,
-        image_size=config.data.image_size,
-        channels=dataset.channels,
-        mean=mean,
-        std=std,
-        strength=config.augment.strength,
-        min_scale=config.augment.min_scale,
-        flip_p=config.augment.flip_p,
-        blur_p=config.augment.blur_p,
-    )[0]
+    # The recipe's views as the engine resolves them, handed to lightly's transform parameter by parameter.
+    views = recipe_views(config, dataset.channels, mean, std)
+    if len(views) != 2 or views[0].solarize_p > 0:
+        sys.exit(
+            "lightly's SimCLRTransform makes two views, no solarize: set augment.n_views=2, no small crops"
+        )
+    view = views[0]
     transform = SimCLRTransform(
         input_size=view.size,
         cj_prob=view.jitter_p,
@@ -102,14 +98,7 @@ def main() -> None:
         num_workers=config.data.num_workers,
         persistent_workers=config.data.num_workers > 0,
     )
-    spec = EncoderSpec(
-        backbone=config.model.backbone,
-        in_chans=dataset.channels,
-        cifar_stem=config.model.cifar_stem,
-        backbone_args=config.model.backbone_args,
-        proj_hidden_dim=config.model.proj_hidden_dim,
-        proj_dim=config.model.proj_dim,
-    )
+    spec = recipe_encoder_spec(config, dataset.channels)
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
     encoder = create_encoder(spec).to(memory_format=memory_format).train()
     loss_fn = NTXentLoss(temperature=config.loss.options["temperature"])
