@@ -1,0 +1,35 @@
+"""The quickstart's first 20 steps, recorded before the pretraining loop was restructured, still come out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = Path(__file__).resolve().parent / "reference" / "quickstart_20_steps.jsonl"
+
+
+def test_quickstart_reproduces_the_recorded_20_losses(tmp_path):
+    # The recorded run used torch's default 2 threads on 2 cores; the thread count changes how reductions
+    # are split, and 20 steps of training amplify that rounding, so it is pinned here.
+    environment = {**os.environ, "OMP_NUM_THREADS": "2"}
+    command = [
+        sys.executable, "-m", "ssl_toolkit.pretrain", str(REPO / "recipes" / "quickstart.yaml"),
+        "train.max_steps=20", "log.every=1", "seed=0", "log.knn_every=0", "log.trackers=[]",
+        f"run.output_dir={tmp_path}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    recorded = [json.loads(line) for line in REFERENCE.read_text().splitlines()]
+    produced = [
+        json.loads(line) for line in (tmp_path / "quickstart" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in produced] == list(range(1, 21))
+    for old, new in zip(recorded, produced, strict=True):
+        assert new["loss"] == pytest.approx(old["loss"], rel=1e-6), f"step {old['step']}"
+        assert new["lr"] == pytest.approx(old["lr"], rel=1e-9), f"step {old['step']}"
