@@ -203,11 +203,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def _loss_class(name: str) -> type:
-    from ssl_toolkit.losses import LOSSES
+    from ssl_toolkit.losses import loss_class
 
-    if name not in LOSSES:
-        raise ConfigError(f"loss.name={name!r} is not a known loss; valid names: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]
+    try:
+        return loss_class(name)
+    except ValueError as error:
+        raise ConfigError(f"loss.name={name!r}: {error}") from None
 
 
 def _validate_loss(section: LossSection) -> None:

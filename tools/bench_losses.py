@@ -39,7 +39,6 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import importlib
 import importlib.metadata
 import json
 import os
@@ -65,17 +64,17 @@ MEMORY_PHASE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 << 10)}
 PHASES = ("memory", "time")
 
 CORE_LOSSES = ("floor", "ntxent", "supcon", "lightly_ntxent", "pml_ntxent", "pml_supcon")
-# Losses of ssl_toolkit that may not exist yet, imported only when run:
-# name -> (module under ssl_toolkit.losses, class, keyword arguments as a function of the dimension).
-OPTIONAL_LOSSES: dict[str, tuple[str, str, Callable[[int], dict[str, object]]]] = {
-    "triplet_all": ("triplet", "TripletLoss", lambda dim: {"mining": "all"}),
-    "triplet_hard": ("triplet", "TripletLoss", lambda dim: {"mining": "hard"}),
-    "contrastive": ("contrastive", "ContrastiveLoss", lambda dim: {}),
-    "softmax": ("softmax", "SoftmaxLoss", lambda dim: {}),
-    "sigmoid": ("sigmoid", "SigmoidLoss", lambda dim: {}),
-    "arcface": ("arcface", "ArcFaceLoss", lambda dim: {"num_classes": NUM_CLASSES, "embedding_dim": dim}),
+# The toolkit's other losses, through its registry:
+# name -> (registered loss name, keyword arguments as a function of the dimension).
+REGISTRY_LOSSES: dict[str, tuple[str, Callable[[int], dict[str, object]]]] = {
+    "triplet_all": ("triplet", lambda dim: {"mining": "all"}),
+    "triplet_hard": ("triplet", lambda dim: {"mining": "hard"}),
+    "contrastive": ("contrastive", lambda dim: {}),
+    "coles": ("coles", lambda dim: {}),
+    "sigmoid": ("sigmoid", lambda dim: {}),
+    "arcface": ("arcface", lambda dim: {"num_classes": NUM_CLASSES, "embedding_dim": dim}),
 }
-ALL_LOSSES = CORE_LOSSES + tuple(OPTIONAL_LOSSES)
+ALL_LOSSES = CORE_LOSSES + tuple(REGISTRY_LOSSES)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,10 +198,11 @@ def build_step(name: str, x, labels, dim: int) -> tuple[Callable[[], object], li
         module = PMLSupCon(temperature=TEMPERATURE)
         return lambda: module(x, labels), []
 
-    if name in OPTIONAL_LOSSES:
-        module_name, class_name, kwargs = OPTIONAL_LOSSES[name]
-        cls = getattr(importlib.import_module(f"ssl_toolkit.losses.{module_name}"), class_name)
-        module = cls(**kwargs(dim)).to(x.device)
+    if name in REGISTRY_LOSSES:
+        from ssl_toolkit.losses import create_loss
+
+        registered, kwargs = REGISTRY_LOSSES[name]
+        module = create_loss(registered, **kwargs(dim)).to(x.device)
         return lambda: module(x, labels), list(module.parameters())
 
     raise ValueError(f"unknown loss {name!r}")
@@ -400,19 +400,6 @@ def run_case(name: str, n: int, args: argparse.Namespace) -> dict[str, object]:
     return result
 
 
-def available_optional_losses() -> tuple[list[str], dict[str, str]]:
-    """Optional losses that import, and why each of the others does not."""
-    found, missing = [], {}
-    for name, (module_name, class_name, _) in OPTIONAL_LOSSES.items():
-        try:
-            getattr(importlib.import_module(f"ssl_toolkit.losses.{module_name}"), class_name)
-        except Exception as error:  # any failure to import means "not written yet" here
-            missing[name] = f"{type(error).__name__}: {error}".splitlines()[0]
-        else:
-            found.append(name)
-    return found, missing
-
-
 def ratio(value: object, reference: object) -> str:
     if isinstance(value, (int, float)) and isinstance(reference, (int, float)) and reference > 0:
         return f"{value / reference:.2f}"
@@ -483,18 +470,7 @@ def parent_main(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("--device cuda requested but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
-    found, missing = available_optional_losses()
-    if args.losses is None:
-        losses = list(CORE_LOSSES) + found
-        for name, why in missing.items():
-            print(f"note: skipping {name} (not importable: {why})", file=sys.stderr)
-    else:
-        losses = []
-        for name in args.losses:
-            if name in missing:
-                print(f"note: skipping {name} (not importable: {missing[name]})", file=sys.stderr)
-            else:
-                losses.append(name)
+    losses = list(ALL_LOSSES) if args.losses is None else args.losses
 
     if args.device.startswith("cuda"):
         memory_method = "torch.cuda.max_memory_allocated − memory_allocated before the pass"
@@ -533,7 +509,7 @@ def parent_main(args: argparse.Namespace) -> int:
     if args.json:
         config = {k: v for k, v in vars(args).items() if k not in ("worker", "json")}
         config.update(losses=losses, temperature=TEMPERATURE, num_classes=NUM_CLASSES, dtype="float32")
-        payload = {"info": info, "config": config, "skipped": missing, "results": all_results}
+        payload = {"info": info, "config": config, "results": all_results}
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nwrote {args.json}", file=sys.stderr)
     return 0

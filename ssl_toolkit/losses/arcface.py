@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_toolkit.losses.candidates import normalized_float
+from ssl_toolkit.losses.candidates import check_positive, normalized_float
 
 
 class ArcFaceLoss(nn.Module):
@@ -35,6 +35,8 @@ class ArcFaceLoss(nn.Module):
         scale: s, the inverse temperature of the softmax.
     """
 
+    needs_class_labels = True  # class indices in [0, num_classes), not sample ids
+
     def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.5, scale: float = 64.0):
         super().__init__()
         if num_classes < 2:
@@ -43,12 +45,10 @@ class ArcFaceLoss(nn.Module):
             raise ValueError(f"embedding_dim must be positive, got {embedding_dim}")
         if not 0 <= margin < math.pi / 2:
             raise ValueError(f"margin must be in [0, π/2) radians, got {margin}")
-        if not scale > 0:
-            raise ValueError(f"scale must be positive, got {scale}")
         self.num_classes = num_classes
         self.embedding_dim = embedding_dim
         self.margin = margin
-        self.scale = scale
+        self.scale = check_positive("scale", scale)
         self.centres = nn.Parameter(torch.empty(num_classes, embedding_dim))
         nn.init.xavier_uniform_(self.centres)
 

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from ssl_toolkit import distributed
+
+
+def check_positive(name: str, value: float) -> float:
+    """`value`, if it is a positive finite number (NaN, ±inf, 0 and below are errors naming `name`)."""
+    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """`value`, if it is one of `choices` (otherwise an error naming `name` and the choices)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 @dataclass
@@ -65,3 +82,48 @@ def normalized_float(embeddings: torch.Tensor) -> torch.Tensor:
     """L2-normalised rows in at least float32 (s/τ loses too much in half precision)."""
     dtype = torch.promote_types(embeddings.dtype, torch.float32)
     return torch.nn.functional.normalize(embeddings.to(dtype), dim=1)
+
+
+class LabelBatch(NamedTuple):
+    """What a label-form loss sums over on one process.
+
+    Attributes:
+        anchors: this process's normalised embeddings (n, D), each also among the candidates.
+        candidates: every process's normalised embeddings (T, D).
+        anchor_labels: (n,) labels of the anchors.
+        candidate_labels: (T,) labels of the candidates.
+        self_index: (n,) row of each anchor among the candidates.
+    """
+
+    anchors: torch.Tensor
+    candidates: torch.Tensor
+    anchor_labels: torch.Tensor
+    candidate_labels: torch.Tensor
+    self_index: torch.Tensor
+
+
+class LabelLoss(nn.Module):
+    """A loss of the label form, `loss(embeddings (N, D), labels (N,))`: equal labels are positives.
+
+    This process's rows are the anchors. With `gather_distributed`, every process's rows and labels are the
+    candidates (through a gather that carries gradients) and the mean is over every process's terms, so W
+    processes with batch B give the loss and, after DDP's averaging, the gradients of one process with W·B.
+    Subclasses implement `loss_sum`.
+    """
+
+    def __init__(self, gather_distributed: bool = True):
+        super().__init__()
+        self.gather_distributed = gather_distributed
+
+    def loss_sum(self, batch: LabelBatch) -> tuple[torch.Tensor, torch.Tensor | int]:
+        """The loss summed over this process's terms, and how many terms there are."""
+        raise NotImplementedError
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Loss for embeddings (N, D) with labels (N,); equal labels are positives."""
+        anchors, candidates = anchors_and_candidates(embeddings, labels, self.gather_distributed)
+        batch = LabelBatch(
+            anchors, candidates.embeddings, labels, candidates.labels, candidates.self_index(len(labels))
+        )
+        total, count = self.loss_sum(batch)
+        return global_mean(total, count, self.gather_distributed)

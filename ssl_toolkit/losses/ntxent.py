@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from ssl_toolkit import distributed
-from ssl_toolkit.losses.candidates import global_mean, normalized_float
-from ssl_toolkit.losses.fused_infonce import infonce_sum
+from ssl_toolkit.losses.candidates import LabelBatch, check_positive, global_mean, normalized_float
+from ssl_toolkit.losses.infonce import infonce_sum
 
 
 class NTXentLoss(nn.Module):
@@ -22,7 +22,7 @@ class NTXentLoss(nn.Module):
     labels [0..B−1, 0..B−1]. With `gather_distributed`, the candidates k are the views of every
     process and the mean is over every process's anchors.
 
-    Memory grows as block·N rather than N² (see `fused_infonce`).
+    Memory grows as block·N rather than N² (see `blockwise`).
 
     Args:
         temperature: τ.
@@ -31,9 +31,7 @@ class NTXentLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.5, gather_distributed: bool = True):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
+        self.temperature = check_positive("temperature", temperature)
         self.gather_distributed = gather_distributed
 
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
@@ -49,12 +47,12 @@ class NTXentLoss(nn.Module):
         total = all0.shape[0]
         sample_ids = torch.arange(total, device=z0.device)
         local = sample_ids[start : start + z0.shape[0]]
-        loss_sum, count = infonce_sum(
-            torch.cat([z0, z1]),
-            torch.cat([all0, all1]),
-            torch.cat([local, local]),
-            torch.cat([sample_ids, sample_ids]),
-            torch.cat([local, local + total]),
-            temperature=self.temperature,
+        batch = LabelBatch(
+            anchors=torch.cat([z0, z1]),
+            candidates=torch.cat([all0, all1]),
+            anchor_labels=torch.cat([local, local]),
+            candidate_labels=torch.cat([sample_ids, sample_ids]),
+            self_index=torch.cat([local, local + total]),
         )
+        loss_sum, count = infonce_sum(batch, temperature=self.temperature)
         return global_mean(loss_sum, count, self.gather_distributed)

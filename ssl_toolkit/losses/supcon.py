@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ssl_toolkit.losses.candidates import anchors_and_candidates, global_mean
-from ssl_toolkit.losses.fused_infonce import infonce_sum
+from ssl_toolkit.losses.candidates import LabelBatch, LabelLoss, check_choice, check_positive
+from ssl_toolkit.losses.infonce import infonce_sum
 
 VARIANTS = ("out", "in")
 
 
-class SupConLoss(nn.Module):
+class SupConLoss(LabelLoss):
     """Khosla et al. 2020, "Supervised Contrastive Learning", eq. 2 (`out`) and eq. 3 (`in`).
 
     With s the cosine similarity, τ the temperature, P(i) the other samples sharing i's label and
@@ -31,25 +30,9 @@ class SupConLoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.1, variant: str = "out", gather_distributed: bool = True):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        self.temperature = temperature
-        self.variant = variant
-        self.gather_distributed = gather_distributed
+        super().__init__(gather_distributed)
+        self.temperature = check_positive("temperature", temperature)
+        self.variant = check_choice("variant", variant, VARIANTS)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Loss for embeddings (N, D) with labels (N,); equal labels are positives."""
-        anchors, candidates = anchors_and_candidates(embeddings, labels, self.gather_distributed)
-        total, count = infonce_sum(
-            anchors,
-            candidates.embeddings,
-            labels,
-            candidates.labels,
-            candidates.self_index(len(labels)),
-            temperature=self.temperature,
-            variant=self.variant,
-        )
-        return global_mean(total, count, self.gather_distributed)
+    def loss_sum(self, batch: LabelBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return infonce_sum(batch, temperature=self.temperature, variant=self.variant)

@@ -11,20 +11,18 @@ With few positives per anchor (self-supervised views) the counts come from compa
 positive's d_ap + m in turn; otherwise from one sort of the row by key (d_ap + m for a positive, d_an
 for a negative), where they are the negatives sorted before a positive and the positives sorted after a
 negative. The sum is piecewise linear and homogeneous in those keys, so it equals Σ_j key_j · ∂/∂d_j
-(summed per row, then over rows in float64). Anchors are processed in row blocks, so memory grows as
-block·T; the gradient with respect to the embeddings is accumulated in the forward pass (as in
-fused_infonce), so nothing of size block·T is kept for backward.
+(summed per row, then over rows in float64). Anchors are processed in row blocks with the gradient
+accumulated in the forward (see `blockwise`), so memory grows as block·T.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ssl_toolkit.losses.candidates import anchors_and_candidates, global_mean
+from ssl_toolkit.losses.blockwise import Gradients, blockwise_sum, row_blocks
+from ssl_toolkit.losses.candidates import LabelBatch, LabelLoss, check_choice, check_positive
 
 MINING = ("all", "hard")
-BLOCK_ELEMENTS = 1 << 24  # distances per block: 64 MB in float32
 # Up to this many positives per anchor (at most 255), a pass over the row per positive beats a row sort.
 LOOP_MAX_POSITIVES = 8
 # Floor of 2 − 2s under the square root: below float32's rounding of 2 − 2s, it only matters for
@@ -32,10 +30,6 @@ LOOP_MAX_POSITIVES = 8
 EPS = 1e-8
 # Non-negative floats sort like their bit patterns read as integers, and integer sorts are faster.
 _SORT_AS = {torch.float32: torch.int32, torch.float64: torch.int64}
-
-
-def _row_block(num_candidates: int) -> int:
-    return max(1, BLOCK_ELEMENTS // max(1, num_candidates))
 
 
 def _distances(anchors: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,87 +90,75 @@ def _triplet_hinges_by_sort(distance, is_positive, self_column, num_positives, m
     return (grad_distance * key).sum(1).sum(dtype=torch.float64), grad_distance
 
 
-class _TripletSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, anchors, candidates, anchor_labels, candidate_labels, self_index, margin, mining):
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        num_anchors, num_candidates = anchors.shape[0], candidates.shape[0]
-        _, candidate_class, class_size = torch.unique(
-            candidate_labels, return_inverse=True, return_counts=True
-        )
-        anchor_class = candidate_class[self_index]
-        num_positives = class_size[anchor_class] - 1
-        num_negatives = num_candidates - class_size[anchor_class]
-        by_loop = mining == "all" and num_anchors > 0 and num_positives.max() <= min(LOOP_MAX_POSITIVES, 255)
-        if by_loop:
-            positive_columns, positive_valid = _positive_columns(
-                candidate_class, class_size, anchor_class, self_index, num_positives
+def _triplet_kernel(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    *,
+    gradients: Gradients | None,
+    batch: LabelBatch,
+    num_positives: torch.Tensor,
+    num_negatives: torch.Tensor,
+    positive_columns: tuple[torch.Tensor, torch.Tensor] | None,
+    margin: float,
+    mining: str,
+) -> torch.Tensor:
+    """Sum of the hinges over every valid triplet (`all`) or each anchor's hardest pair (`hard`)."""
+    anchor_labels, candidate_labels, self_index = (
+        batch.anchor_labels,
+        batch.candidate_labels,
+        batch.self_index,
+    )
+    total = torch.zeros((), dtype=torch.float64, device=anchors.device)
+    for rows in row_blocks(len(anchors), len(candidates)):
+        arange = torch.arange(rows.stop - rows.start, device=anchors.device)
+        distance, clamped = _distances(anchors[rows], candidates)
+        same = anchor_labels[rows, None] == candidate_labels[None, :]
+
+        if mining == "all":
+            if positive_columns is not None:
+                columns, valid_columns = positive_columns
+                hinge_sum, grad_distance = _triplet_hinges_by_loop(
+                    distance, ~same, columns[rows], valid_columns[rows], margin
+                )
+            else:
+                same[arange, self_index[rows]] = False
+                hinge_sum, grad_distance = _triplet_hinges_by_sort(
+                    distance, same, self_index[rows], num_positives[rows], margin
+                )
+            total += hinge_sum
+            if gradients is not None:
+                grad_similarity = grad_distance.div_(distance).neg_().masked_fill_(clamped, 0.0)
+                gradients.anchors[rows] = grad_similarity @ candidates
+                gradients.candidates.addmm_(grad_similarity.T, anchors[rows])
+            continue
+
+        positive_distance = torch.where(same, distance, float("-inf"))
+        positive_distance[arange, self_index[rows]] = float("-inf")
+        hardest_positive, positive_index = positive_distance.max(1)
+        hardest_negative, negative_index = torch.where(same, float("inf"), distance).min(1)
+        valid = (num_positives[rows] > 0) & (num_negatives[rows] > 0)
+        hinge = (hardest_positive - hardest_negative + margin).clamp_min(0)
+        total += torch.where(valid, hinge, 0.0).sum()
+        if gradients is not None:
+            # Only the two chosen distances of an anchor with an active hinge get a gradient:
+            # ±1 · ∂d/∂s, with ∂d/∂s = −1/d above the floor.
+            active = valid & (hinge > 0)
+            positive_weight = torch.where(
+                active & ~clamped[arange, positive_index], -1 / hardest_positive, 0.0
             )
-        total = torch.zeros((), dtype=torch.float64, device=anchors.device)
-        count = torch.zeros((), dtype=torch.long, device=anchors.device)
-        grad_anchors = torch.zeros_like(anchors) if needs_grad else None
-        grad_candidates = torch.zeros_like(candidates) if needs_grad else None
-
-        block = _row_block(num_candidates)
-        for begin in range(0, num_anchors, block):
-            rows = slice(begin, min(begin + block, num_anchors))
-            arange = torch.arange(rows.stop - rows.start, device=anchors.device)
-            distance, clamped = _distances(anchors[rows], candidates)
-            same = anchor_labels[rows, None] == candidate_labels[None, :]
-
-            if mining == "all":
-                if by_loop:
-                    hinge_sum, grad_distance = _triplet_hinges_by_loop(
-                        distance, ~same, positive_columns[rows], positive_valid[rows], margin
-                    )
-                else:
-                    same[arange, self_index[rows]] = False
-                    hinge_sum, grad_distance = _triplet_hinges_by_sort(
-                        distance, same, self_index[rows], num_positives[rows], margin
-                    )
-                total += hinge_sum
-                count += (num_positives[rows] * num_negatives[rows]).sum()
-                if needs_grad:
-                    grad_similarity = grad_distance.div_(distance).neg_().masked_fill_(clamped, 0.0)
-                    grad_anchors[rows] = grad_similarity @ candidates
-                    grad_candidates.addmm_(grad_similarity.T, anchors[rows])
-                continue
-
-            positive_distance = torch.where(same, distance, float("-inf"))
-            positive_distance[arange, self_index[rows]] = float("-inf")
-            hardest_positive, positive_index = positive_distance.max(1)
-            hardest_negative, negative_index = torch.where(same, float("inf"), distance).min(1)
-            valid = (num_positives[rows] > 0) & (num_negatives[rows] > 0)
-            hinge = (hardest_positive - hardest_negative + margin).clamp_min(0)
-            total += torch.where(valid, hinge, 0.0).sum()
-            count += valid.sum()
-            if needs_grad:
-                # Only the two chosen distances of an anchor with an active hinge get a gradient:
-                # ±1 · ∂d/∂s, with ∂d/∂s = −1/d above the floor.
-                active = valid & (hinge > 0)
-                positive_weight = torch.where(
-                    active & ~clamped[arange, positive_index], -1 / hardest_positive, 0.0
-                )
-                negative_weight = torch.where(
-                    active & ~clamped[arange, negative_index], 1 / hardest_negative, 0.0
-                )
-                grad_anchors[rows] = (
-                    positive_weight[:, None] * candidates[positive_index]
-                    + negative_weight[:, None] * candidates[negative_index]
-                )
-                grad_candidates.index_add_(0, positive_index, positive_weight[:, None] * anchors[rows])
-                grad_candidates.index_add_(0, negative_index, negative_weight[:, None] * anchors[rows])
-
-        ctx.save_for_backward(grad_anchors, grad_candidates)
-        return total.to(anchors.dtype), count
-
-    @staticmethod
-    def backward(ctx, grad_total, _grad_count):
-        grad_anchors, grad_candidates = ctx.saved_tensors
-        return grad_anchors * grad_total, grad_candidates * grad_total, None, None, None, None, None
+            negative_weight = torch.where(
+                active & ~clamped[arange, negative_index], 1 / hardest_negative, 0.0
+            )
+            gradients.anchors[rows] = (
+                positive_weight[:, None] * candidates[positive_index]
+                + negative_weight[:, None] * candidates[negative_index]
+            )
+            gradients.candidates.index_add_(0, positive_index, positive_weight[:, None] * anchors[rows])
+            gradients.candidates.index_add_(0, negative_index, negative_weight[:, None] * anchors[rows])
+    return total.to(anchors.dtype)
 
 
-class TripletLoss(nn.Module):
+class TripletLoss(LabelLoss):
     """Schroff et al. 2015, "FaceNet", and Hermans et al. 2017, "In Defense of the Triplet Loss".
 
     With d_ij = sqrt(max(2 − 2 s_ij, ε)) the Euclidean distance of the L2-normalised embeddings
@@ -198,27 +180,38 @@ class TripletLoss(nn.Module):
     """
 
     def __init__(self, margin: float = 0.2, mining: str = "all", gather_distributed: bool = True):
-        super().__init__()
-        if not margin > 0:
-            raise ValueError(f"margin must be positive, got {margin}")
-        if mining not in MINING:
-            raise ValueError(f"mining must be one of {', '.join(MINING)}, got {mining!r}")
-        self.margin = margin
-        self.mining = mining
-        self.gather_distributed = gather_distributed
+        super().__init__(gather_distributed)
+        self.mining = check_choice("mining", mining, MINING)
+        self.margin = check_positive("margin", margin)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Loss for embeddings (N, D) with labels (N,); equal labels are positives."""
-        anchors, candidates = anchors_and_candidates(embeddings, labels, self.gather_distributed)
-        # Distances of unit vectors lose too much under autocast's half-precision matmuls.
-        with torch.autocast(anchors.device.type, enabled=False):
-            total, count = _TripletSum.apply(
-                anchors,
-                candidates.embeddings,
-                labels,
-                candidates.labels,
-                candidates.self_index(len(labels)),
-                self.margin,
-                self.mining,
+    def loss_sum(self, batch: LabelBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of the hinges over this process's anchors and the number of terms (triplets or anchors)."""
+        _, candidate_class, class_size = torch.unique(
+            batch.candidate_labels, return_inverse=True, return_counts=True
+        )
+        anchor_class = candidate_class[batch.self_index]
+        num_positives = class_size[anchor_class] - 1
+        num_negatives = len(batch.candidates) - class_size[anchor_class]
+        positive_columns = None
+        if (
+            self.mining == "all"
+            and len(batch.anchors) > 0
+            and num_positives.max() <= min(LOOP_MAX_POSITIVES, 255)
+        ):
+            positive_columns = _positive_columns(
+                candidate_class, class_size, anchor_class, batch.self_index, num_positives
             )
-        return global_mean(total, count, self.gather_distributed)
+        if self.mining == "all":
+            count = (num_positives * num_negatives).sum()
+        else:
+            count = ((num_positives > 0) & (num_negatives > 0)).sum()
+        total = blockwise_sum(
+            _triplet_kernel,
+            batch,
+            num_positives=num_positives,
+            num_negatives=num_negatives,
+            positive_columns=positive_columns,
+            margin=self.margin,
+            mining=self.mining,
+        )
+        return total, count

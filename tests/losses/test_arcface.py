@@ -7,17 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from cases import CLASS_INDEX_LAYOUTS as LABEL_LAYOUTS
 from torch.func import functional_call
 
 from ssl_toolkit.losses.arcface import ArcFaceLoss
-
-LABEL_LAYOUTS = {
-    "pairs": [0, 1, 2, 3, 0, 1, 2, 3],
-    "uneven_classes": [0, 0, 0, 0, 1, 1, 2, 2, 2, 5],  # with one singleton (5)
-    "singletons_only": [0, 1, 2, 3, 4],
-    "one_class": [7, 7, 7, 7, 7, 7],
-    "large_ids": [1000, 3, 1000, 3, 42, 42, 99, 1000],
-}
 
 
 def arcface_reference(embeddings, labels, centres, margin, scale):

@@ -1,32 +1,22 @@
-"""Under bf16 autocast (as the engine runs with train.mixed_precision=bf16) every loss stays in float32."""
+"""Under bf16 autocast (as pretraining runs with train.mixed_precision=bf16) every loss stays in float32."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from cases import EMBEDDING_DIM, LOSS_CASES
 
 from ssl_toolkit.losses import create_loss
 
-CASES = {
-    "ntxent": {},
-    "supcon": {},
-    "supcon_in": {"variant": "in"},
-    "softmax": {},
-    "triplet": {},
-    "contrastive": {},
-    "sigmoid": {},
-    "arcface": {"num_classes": 4, "embedding_dim": 8},
-}
 
-
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", LOSS_CASES)
 def test_loss_under_autocast_equals_the_float32_loss(case):
-    name = case.removesuffix("_in")
+    name, kwargs = LOSS_CASES[case]
     generator = torch.Generator().manual_seed(0)
-    embeddings = torch.randn(16, 8, generator=generator, requires_grad=True)
+    embeddings = torch.randn(16, EMBEDDING_DIM, generator=generator, requires_grad=True)
     labels = torch.arange(8).repeat(2) % 4
     torch.manual_seed(0)
-    loss_fn = create_loss(name, **CASES[case])
+    loss_fn = create_loss(name, **kwargs)
 
     def run():
         if name == "ntxent":

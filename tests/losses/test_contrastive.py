@@ -6,17 +6,11 @@ import math
 
 import pytest
 import torch
+from cases import LABEL_LAYOUTS
 
-from ssl_toolkit.losses import contrastive, create_loss
+from ssl_toolkit.losses import blockwise, create_loss
+from ssl_toolkit.losses.candidates import LabelBatch
 from ssl_toolkit.losses.contrastive import ContrastiveLoss
-
-LABEL_LAYOUTS = {
-    "pairs": [0, 1, 2, 3, 0, 1, 2, 3],
-    "uneven_classes": [0, 0, 0, 0, 1, 1, 2, 2, 2, 5],  # with one singleton (5)
-    "singletons_only": [0, 1, 2, 3, 4],
-    "one_class": [7, 7, 7, 7, 7, 7],
-    "large_ids": [1000, 3, 1000, 3, 42, 42, 99, -5, 1000],
-}
 
 
 def contrastive_reference(embeddings, labels, margin):
@@ -69,7 +63,7 @@ def test_blocks_do_not_change_the_result(monkeypatch, block_rows):
     embeddings = torch.randn(50, 8, dtype=torch.float64, requires_grad=True)
     whole = ContrastiveLoss(margin=1.0)(embeddings, labels)
     (whole_grad,) = torch.autograd.grad(whole, embeddings)
-    monkeypatch.setattr(contrastive, "BLOCK_ELEMENTS", block_rows * 50)
+    monkeypatch.setattr(blockwise, "BLOCK_ELEMENTS", block_rows * 50)
     blocked = ContrastiveLoss(margin=1.0)(embeddings, labels)
     (blocked_grad,) = torch.autograd.grad(blocked, embeddings)
     torch.testing.assert_close(blocked, whole)
@@ -80,14 +74,15 @@ def test_blocks_do_not_change_the_result(monkeypatch, block_rows):
 def test_shards_of_anchors_count_every_pair_once(monkeypatch, block_rows):
     # What each process computes under gathering: its own rows as anchors against everyone's rows,
     # keeping the pairs whose other row comes later.
-    monkeypatch.setattr(contrastive, "BLOCK_ELEMENTS", block_rows * 11)
+    monkeypatch.setattr(blockwise, "BLOCK_ELEMENTS", block_rows * 11)
     labels = torch.randint(0, 4, (11,), generator=torch.Generator().manual_seed(2))
     embeddings = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
     z = torch.nn.functional.normalize(embeddings, dim=1)
-    whole, whole_count = contrastive._ContrastiveSum.apply(z, z, labels, labels, 0, 1.0)
+    loss = ContrastiveLoss(margin=1.0)
+    whole, whole_count = loss.loss_sum(LabelBatch(z, z, labels, labels, torch.arange(11)))
     (whole_grad,) = torch.autograd.grad(whole, embeddings, retain_graph=True)
     shards = [
-        contrastive._ContrastiveSum.apply(z[lo:hi], z, labels[lo:hi], labels, lo, 1.0)
+        loss.loss_sum(LabelBatch(z[lo:hi], z, labels[lo:hi], labels, torch.arange(lo, hi)))
         for lo, hi in [(0, 3), (3, 10), (10, 11)]
     ]
     total = sum(shard_total for shard_total, _ in shards)

@@ -1,11 +1,12 @@
-"""DESIGN.md's invariant, on 2 gloo processes: a W-process run with batch B per process gives the same
-mean loss and the same DDP-averaged parameter gradients as one process with batch W·B."""
+"""The losses' cross-process invariant, on 2 gloo processes: a W-process run with batch B per process gives
+the same mean loss and the same DDP-averaged parameter gradients as one process with batch W·B."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.distributed as dist
+from cases import EMBEDDING_DIM, LOSS_CASES
 from process_group import run_in_process_group
 from torch import nn
 
@@ -22,29 +23,18 @@ LABELS = {
     "classes": [0, 1, 2, 0, 1, 2, 2, 1, 0, 3, 3, 0],
     "uneven": [0, 0, 1, 1, 2, 2, 0, 3, 4, 5, 6, 7],
 }
-CASES = {
-    "ntxent": ("ntxent", {"temperature": 0.3}),
-    "supcon_out": ("supcon", {"temperature": 0.3, "variant": "out"}),
-    "supcon_in": ("supcon", {"temperature": 0.3, "variant": "in"}),
-    "softmax": ("softmax", {"temperature": 0.3}),
-    "triplet_all": ("triplet", {"mining": "all", "margin": 0.5}),
-    "triplet_hard": ("triplet", {"mining": "hard", "margin": 0.5}),
-    "contrastive": ("contrastive", {"margin": 0.8}),
-    "sigmoid": ("sigmoid", {}),
-    "arcface": ("arcface", {"num_classes": 8, "embedding_dim": 4}),
-}
 
 
 def _setup(name):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, 4))
-    loss_name, kwargs = CASES[name]
+    model = nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, EMBEDDING_DIM))
+    loss_name, kwargs = LOSS_CASES[name]
     loss = create_loss(loss_name, **kwargs)  # ArcFace's centres are drawn from the same seed everywhere
     x = torch.randn(WORLD * BATCH, DIM)
     return model, loss, x
 
 
-PARAMS = [(name, layout) for name in CASES for layout in LABELS if name != "ntxent" or layout == "views"]
+PARAMS = [(name, layout) for name in LOSS_CASES for layout in LABELS if name != "ntxent" or layout == "views"]
 
 
 def _loss_and_grads(name, layout, rank=None):

@@ -6,18 +6,11 @@ import math
 
 import pytest
 import torch
+from cases import LABEL_LAYOUTS
 from torch.func import functional_call
 
-from ssl_toolkit.losses import sigmoid as sigmoid_module
+from ssl_toolkit.losses import blockwise
 from ssl_toolkit.losses.sigmoid import SigmoidLoss
-
-LABEL_LAYOUTS = {
-    "pairs": [0, 1, 2, 3, 0, 1, 2, 3],
-    "uneven_classes": [0, 0, 0, 0, 1, 1, 2, 2, 2, 5],  # with one singleton (5)
-    "singletons_only": [0, 1, 2, 3, 4],
-    "one_class": [7, 7, 7, 7, 7, 7],
-    "large_ids": [1000, 3, 1000, 3, 42, 42, 99, 1000],
-}
 
 
 def sigmoid_reference(embeddings, labels, t, b):
@@ -96,7 +89,7 @@ def test_blocks_do_not_change_the_result(monkeypatch):
     inputs = (embeddings, loss.log_scale, loss.bias)
     whole = loss(embeddings, labels)
     whole_grads = torch.autograd.grad(whole, inputs)
-    monkeypatch.setattr(sigmoid_module, "BLOCK_ELEMENTS", 7 * 50)  # blocks of 7 anchors
+    monkeypatch.setattr(blockwise, "BLOCK_ELEMENTS", 7 * 50)  # blocks of 7 anchors
     blocked = loss(embeddings, labels)
     blocked_grads = torch.autograd.grad(blocked, inputs)
     torch.testing.assert_close(blocked, whole)

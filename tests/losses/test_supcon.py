@@ -6,16 +6,9 @@ import math
 
 import pytest
 import torch
+from cases import LABEL_LAYOUTS
 
 from ssl_toolkit.losses import NTXentLoss, SupConLoss, create_loss
-
-LABEL_LAYOUTS = {
-    "pairs": [0, 1, 2, 3, 0, 1, 2, 3],
-    "uneven_classes": [0, 0, 0, 0, 1, 1, 2, 2, 2, 5],  # with one singleton (5)
-    "singletons_only": [0, 1, 2, 3, 4],
-    "one_class": [7, 7, 7, 7, 7, 7],
-    "large_ids": [1000, 3, 1000, 3, 42, 42, 99],
-}
 
 
 def supcon_reference(embeddings, labels, tau, variant):
@@ -96,14 +89,14 @@ def test_half_precision_and_tiny_temperature_stay_finite(dtype, variant):
 
 
 def test_blocks_do_not_change_the_result(monkeypatch):
-    from ssl_toolkit.losses import fused_infonce
+    from ssl_toolkit.losses import blockwise
 
     labels = torch.randint(0, 6, (50,), generator=torch.Generator().manual_seed(1))
     embeddings = torch.randn(50, 8, dtype=torch.float64, requires_grad=True)
     for variant in ("out", "in"):
         whole = SupConLoss(variant=variant)(embeddings, labels)
         (whole_grad,) = torch.autograd.grad(whole, embeddings)
-        monkeypatch.setattr(fused_infonce, "BLOCK_ELEMENTS", 7 * 50)  # blocks of 7 anchors
+        monkeypatch.setattr(blockwise, "BLOCK_ELEMENTS", 7 * 50)  # blocks of 7 anchors
         blocked = SupConLoss(variant=variant)(embeddings, labels)
         (blocked_grad,) = torch.autograd.grad(blocked, embeddings)
         monkeypatch.undo()

@@ -6,18 +6,12 @@ import math
 
 import pytest
 import torch
+from cases import LABEL_LAYOUTS
 
-from ssl_toolkit.losses import create_loss, triplet
+from ssl_toolkit.losses import blockwise, create_loss, triplet
+from ssl_toolkit.losses.candidates import LabelBatch
 from ssl_toolkit.losses.triplet import TripletLoss
 
-LABEL_LAYOUTS = {
-    "pairs": [0, 1, 2, 3, 0, 1, 2, 3],
-    "uneven_classes": [0, 0, 0, 0, 1, 1, 2, 2, 2, 5],  # with one singleton (5)
-    "singletons_only": [0, 1, 2, 3, 4],
-    "one_class": [7, 7, 7, 7, 7, 7],
-    "large_ids": [1000, 3, 1000, 3, 42, 42, 99, -5, 1000],
-    "smaller_last_class": [4, 4, 4, 9, 9],  # anchors of 9 have fewer positives than the most any has
-}
 # The two ways the `all` sums are counted: a pass per positive, or a sort of each row.
 PATHS = {"loop": 255, "sort": 0}
 
@@ -97,7 +91,7 @@ def test_blocks_do_not_change_the_result(monkeypatch, mining, path):
     embeddings = torch.randn(50, 8, dtype=torch.float64, requires_grad=True)
     whole = TripletLoss(mining=mining)(embeddings, labels)
     (whole_grad,) = torch.autograd.grad(whole, embeddings)
-    monkeypatch.setattr(triplet, "BLOCK_ELEMENTS", 7 * 50)  # blocks of 7 anchors, the last one of 1
+    monkeypatch.setattr(blockwise, "BLOCK_ELEMENTS", 7 * 50)  # blocks of 7 anchors, the last one of 1
     blocked = TripletLoss(mining=mining)(embeddings, labels)
     (blocked_grad,) = torch.autograd.grad(blocked, embeddings)
     torch.testing.assert_close(blocked, whole)
@@ -111,10 +105,13 @@ def test_shards_of_anchors_add_up_to_the_whole_batch(monkeypatch, mining, path):
     labels = torch.randint(0, 4, (11,), generator=torch.Generator().manual_seed(2))
     embeddings = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
     z = torch.nn.functional.normalize(embeddings, dim=1)
-    whole, whole_count = triplet._TripletSum.apply(z, z, labels, labels, torch.arange(11), 0.4, mining)
+    batch = LabelBatch(z, z, labels, labels, torch.arange(11))
+    whole, whole_count = TripletLoss(margin=0.4, mining=mining).loss_sum(batch)
     (whole_grad,) = torch.autograd.grad(whole, embeddings, retain_graph=True)
     shards = [
-        triplet._TripletSum.apply(z[lo:hi], z, labels[lo:hi], labels, torch.arange(lo, hi), 0.4, mining)
+        TripletLoss(margin=0.4, mining=mining).loss_sum(
+            LabelBatch(z[lo:hi], z, labels[lo:hi], labels, torch.arange(lo, hi))
+        )
         for lo, hi in [(0, 3), (3, 10), (10, 11)]
     ]
     total = sum(shard_total for shard_total, _ in shards)

@@ -6,18 +6,10 @@ import math
 
 import pytest
 import torch
+from cases import LABEL_LAYOUTS
 
-from ssl_toolkit.losses import SupConLoss
-from ssl_toolkit.losses import softmax as softmax_module
-from ssl_toolkit.losses.softmax import SoftmaxLoss
-
-LABEL_LAYOUTS = {
-    "pairs": [0, 1, 2, 3, 0, 1, 2, 3],
-    "uneven_classes": [0, 0, 0, 0, 1, 1, 2, 2, 2, 5],  # with one singleton (5)
-    "singletons_only": [0, 1, 2, 3, 4],
-    "one_class": [7, 7, 7, 7, 7, 7],
-    "large_ids": [1000, 3, 1000, 3, 42, 42, 99, 1000],
-}
+from ssl_toolkit.losses import SupConLoss, blockwise
+from ssl_toolkit.losses.coles import SoftmaxLoss
 
 
 def coles_reference(embeddings, labels, tau):
@@ -93,7 +85,7 @@ def test_blocks_do_not_change_the_result(monkeypatch):
     embeddings = _embeddings(50, d=8, seed=1, dtype=torch.float64).requires_grad_()
     whole = SoftmaxLoss(temperature=0.1)(embeddings, labels)
     (whole_grad,) = torch.autograd.grad(whole, embeddings)
-    monkeypatch.setattr(softmax_module, "BLOCK_ELEMENTS", 7 * 50)  # blocks of 7 anchors
+    monkeypatch.setattr(blockwise, "BLOCK_ELEMENTS", 7 * 50)  # blocks of 7 anchors
     blocked = SoftmaxLoss(temperature=0.1)(embeddings, labels)
     (blocked_grad,) = torch.autograd.grad(blocked, embeddings)
     torch.testing.assert_close(blocked, whole)
