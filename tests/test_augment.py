@@ -16,8 +16,8 @@ from torchvision.transforms.v2 import functional as F
 from ssl_toolkit import augment
 from ssl_toolkit.augment import (
     PRESETS,
-    CPUViews,
-    GPUViews,
+    BatchViews,
+    PerImageViews,
     ViewParams,
     color_jitter,
     color_jitter_batch,
@@ -25,6 +25,7 @@ from ssl_toolkit.augment import (
     gaussian_blur,
     preset_views,
     resolve_device,
+    sampling,
     view_grid,
 )
 
@@ -39,8 +40,8 @@ TORCHVISION_JITTER = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturatio
 def make_views(images: torch.Tensor, views: list[ViewParams], path: str) -> list[torch.Tensor]:
     """Views (B, C, s, s) of uint8 images (B, C, H, W) by the CPU path (image by image) or the GPU path."""
     if path == "gpu":
-        return GPUViews(views)(images)
-    per_image = [CPUViews(views)(image) for image in images]
+        return BatchViews(views)(images)
+    per_image = [PerImageViews(views)(image) for image in images]
     return [torch.stack(view) for view in zip(*per_image, strict=True)]
 
 
@@ -362,7 +363,7 @@ def test_one_channel_images_like_the_quickstart(path):
 
 @pytest.mark.parametrize("path", ["cpu", "gpu"])
 def test_wrong_inputs_are_rejected_with_the_expected_format(path):
-    transform = CPUViews(simclr(32)) if path == "cpu" else GPUViews(simclr(32))
+    transform = PerImageViews(simclr(32)) if path == "cpu" else BatchViews(simclr(32))
     shape = (3, 32, 32) if path == "cpu" else (2, 3, 32, 32)
     with pytest.raises(ValueError, match="uint8"):
         transform(torch.rand(shape))
@@ -371,7 +372,7 @@ def test_wrong_inputs_are_rejected_with_the_expected_format(path):
 
 
 def test_cpu_views_pickle_for_dataloader_workers():
-    transform = pickle.loads(pickle.dumps(CPUViews(simclr(32, small_crops=1))))
+    transform = pickle.loads(pickle.dumps(PerImageViews(simclr(32, small_crops=1))))
     out = transform(colourful_images(1, 32)[0])
     assert [tuple(view.shape) for view in out] == [(3, 32, 32), (3, 32, 32), (3, 14, 14)]
 
@@ -379,10 +380,10 @@ def test_cpu_views_pickle_for_dataloader_workers():
 def test_parameter_draws_agree_between_implementations():
     """The CPU path's per-view draws and the GPU path's vectorised ones give the same parameters."""
     view = simclr(32)[0]
-    uniforms = augment._draw_uniforms(2000)
-    batch = augment._draw_batch(view, uniforms, 37, 50)
+    uniforms = sampling.draw_uniforms(2000)
+    batch = sampling.draw_batch(view, uniforms, 37, 50)
     for index, row in enumerate(uniforms.tolist()):
-        draw = augment._draw_view(view, row, 37, 50)
+        draw = sampling.draw_view(view, row, 37, 50)
         assert draw == (
             batch.top[index].item(),
             batch.left[index].item(),
@@ -431,3 +432,7 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("auto") == "cpu"
     with pytest.raises(ValueError, match="cpu, gpu, auto"):
         resolve_device("cuda")
+
+
+def test_the_pipelines_old_device_names_stay_as_aliases():
+    assert augment.CPUViews is PerImageViews and augment.GPUViews is BatchViews

@@ -6,13 +6,13 @@
 Contenders, all with the SimCLR preset's parameters at that size (crop area (0.08, 1), flip 0.5, colour
 jitter of strength 1 with p = 0.8, grayscale 0.2, blur with p = 0.5 from 96 px up, none below):
 
-- `ours CPU`: `CPUViews` on uint8 (C, H, W) tensors decoded once, as `ImageTensorDataset` stores them.
+- `ours CPU`: `PerImageViews` on uint8 (C, H, W) tensors decoded once, as `ImageTensorDataset` stores them.
 - `ours CPU, channels-last images`: the same on images stored (H, W, C) in memory (same tensor shape):
   torch's uint8 resize works channels-last, so this storage spares the transpose of each crop.
 - `torchvision v2`: the plain `v2.Compose` of the same steps on the same uint8 tensors, for reference.
 - `lightly`: lightly's `SimCLRTransform` (blur set to the preset's) on the PIL images a dataset of decoded
   images would hand it.
-- `ours GPU path`: `GPUViews` (kornia) on uint8 batches of `--gpu-batch` images, on CUDA when available
+- `ours GPU path`: `BatchViews` (kornia) on uint8 batches of `--gpu-batch` images, on CUDA when available
   (synchronised before the clock stops) and on the CPU otherwise.
 
 Method. Single process, `torch.set_num_threads(1)`: every CPU figure is views/s per core. Each contender
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ssl_toolkit.augment import CPUViews, GPUViews, preset_views
+from ssl_toolkit.augment import BatchViews, PerImageViews, preset_views
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet's, lightly's default normalisation
 STD = (0.229, 0.224, 0.225)
@@ -123,7 +123,7 @@ def contenders(size: int, args: argparse.Namespace) -> dict[str, Callable[[], in
     sides = (size, size) if size < 96 else (256, 320)
     images = photo_like_images(args.images, sides)
     views = preset_views("simclr", image_size=size, channels=3, mean=MEAN, std=STD, n_views=N_VIEWS)
-    ours = CPUViews(views)
+    ours = PerImageViews(views)
     channels_last = [image.unsqueeze(0).contiguous(memory_format=torch.channels_last)[0] for image in images]
 
     view = views[0]
@@ -150,7 +150,7 @@ def contenders(size: int, args: argparse.Namespace) -> dict[str, Callable[[], in
     gpu_batch = args.gpu_batch or (512 if device.type == "cuda" else 32)
     batch_side = size if size < 96 else 288
     batch = torch.stack(photo_like_images(gpu_batch, (batch_side, batch_side), seed=SEED + 1)).to(device)
-    gpu_views = GPUViews(views)
+    gpu_views = BatchViews(views)
 
     def gpu_once() -> int:
         out = gpu_views(batch)

@@ -4,7 +4,7 @@
     .venv/bin/python tools/bench_train.py --device cuda --backbone resnet50 --image-size 224 \
         --batch-size 256 --precision bf16 --channels-last
 
-SSL step: two views made from a uint8 batch by the batch view pipeline (`GPUViews`, kornia, on the device),
+SSL step: two views made from a uint8 batch by the batch view pipeline (`BatchViews`, kornia, on the device),
 both embedded in one forward of backbone + projection head, NT-Xent, backward, optimiser step.
 Supervised step: one view of the same pipeline, the same backbone + a linear classifier, cross-entropy,
 backward, optimiser step. Both get the same batch of B images; the SSL step processes 2B views, so the
@@ -37,7 +37,7 @@ def _worker(args: argparse.Namespace) -> dict:
     import torch
     from torch import nn
 
-    from ssl_toolkit.augment import GPUViews, preset_views
+    from ssl_toolkit.augment import BatchViews, preset_views
     from ssl_toolkit.losses import NTXentLoss
     from ssl_toolkit.models import EncoderSpec, create_encoder
 
@@ -54,7 +54,7 @@ def _worker(args: argparse.Namespace) -> dict:
         std=[0.25] * 3,
         n_views=views_per_image,
     )
-    make_views = GPUViews(view_params).to(device)
+    make_views = BatchViews(view_params).to(device)
     if args.kind == "ssl":
         model, loss_fn = encoder, NTXentLoss(temperature=0.1)
     else:

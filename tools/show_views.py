@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torchvision.io import write_png
 
-from ssl_toolkit.augment import PRESETS, CPUViews, GPUViews, eval_transform, preset_views, view_grid
+from ssl_toolkit.augment import PRESETS, BatchViews, PerImageViews, eval_transform, preset_views, view_grid
 from ssl_toolkit.data import create_dataset
 
 
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cpu":
             print("no CUDA device: running the GPU implementation (kornia) on the CPU")
-        augmented = [view.cpu() for view in GPUViews(views)(torch.stack(images).to(device))]
+        augmented = [view.cpu() for view in BatchViews(views)(torch.stack(images).to(device))]
     else:
-        per_image = [CPUViews(views)(image) for image in images]
+        per_image = [PerImageViews(views)(image) for image in images]
         augmented = [torch.stack(view) for view in zip(*per_image, strict=True)]
     originals = torch.stack([eval_transform(image_size, mean, std)(image) for image in images])
 
