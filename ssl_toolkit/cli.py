@@ -1,7 +1,8 @@
-"""The `ssl-toolkit` command: `pretrain`, `probe`, `knn`, `plot`.
+"""The `ssl-toolkit` command: `pretrain`, `probe`, `knn`, `plot`, `recipes`.
 
 Evaluation commands also run under `accelerate launch -m ssl_toolkit.cli probe RUN_DIR`: every process
-embeds its share of the data and the main process reports.
+embeds its share of the data and the main process reports. Each command imports what it needs when it
+runs, so `ssl-toolkit --version` and `ssl-toolkit recipes` answer at once.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ssl_toolkit import pretrain
-from ssl_toolkit.config import ConfigError
+from ssl_toolkit import __version__
+from ssl_toolkit.config import ConfigError, packaged_recipes
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -30,7 +31,10 @@ def _probe(args: argparse.Namespace) -> int:
         lines.append(line(f"projection z (dim {result['projection']['feature_dim']})", result["projection"]))
     if args.baselines:
         lines.append(f"  {'same backbone, untrained':<26}top-1 {100 * result['random_init_top1']:.2f}%")
-        lines.append(f"  {'raw pixels':<26}top-1 {100 * result['raw_pixels_top1']:.2f}%")
+        for key in result:
+            if key.endswith("_top1") and key != "random_init_top1":  # the data kind's raw baseline
+                label = key.removesuffix("_top1").replace("_", " ")
+                lines.append(f"  {label:<26}top-1 {100 * result[key]:.2f}%")
     lines.append(f"  written to {args.run_dir}/probe.json")
     print("\n".join(lines))
     return 0
@@ -67,6 +71,33 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_pretrain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of `ssl-toolkit pretrain` and `python -m ssl_toolkit.pretrain`."""
+    parser.add_argument("recipe", help="YAML recipe or packaged recipe name, e.g. quickstart")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.batch_size=64")
+    return parser
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from ssl_toolkit.pretrain import run
+
+    return run(args)
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    """Each packaged recipe's name and the first line of its comment."""
+    recipes = packaged_recipes()
+    width = max(map(len, recipes))
+    for name, path in sorted(recipes.items()):
+        first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "#")
+        print(f"{name:<{width}}  {first.lstrip('# ').strip()}")
+    print(
+        f"\n{len(recipes)} recipes in {next(iter(recipes.values())).parent}; run one with "
+        "`ssl-toolkit pretrain NAME [section.key=value ...]`"
+    )
+    return 0
+
+
 def _evaluation_parser(
     commands, name: str, help_text: str, feature_choices: list[str]
 ) -> argparse.ArgumentParser:
@@ -86,8 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssl-toolkit", description="Self-supervised pretraining and evaluation."
     )
+    parser.add_argument("--version", action="version", version=f"ssl-toolkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    pretrain.build_parser(commands.add_parser("pretrain", help="pretrain an encoder from a recipe"))
+    pretrain = add_pretrain_arguments(
+        commands.add_parser("pretrain", help="pretrain an encoder from a recipe")
+    )
+    pretrain.set_defaults(handler=_pretrain)
+    commands.add_parser("recipes", help="list the packaged recipes").set_defaults(handler=_recipes)
     probe = _evaluation_parser(
         commands,
         "probe",
@@ -116,8 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "pretrain":
-            return pretrain.run(args)
         return args.handler(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -54,7 +54,7 @@ def cached_backward(
     buffers: Iterable[torch.Tensor] = (),
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
     no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Add to `.grad` the parameter gradients of `loss_of(embed(inputs))`, one chunk in memory at a time.
 
     Chunks are rows of the inputs: with inputs the views (B, C, H, W) of B images, every view of an
@@ -75,7 +75,7 @@ def cached_backward(
             every backward but the last runs in it, so gradients are reduced once, when complete.
 
     Returns:
-        The loss, detached.
+        The loss and the whole batch's embeddings (each embed output over all chunks), detached.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -122,4 +122,4 @@ def cached_backward(
                     pairs = zip(parameters, parameter_grads, strict=True)
                     surrogate = surrogate + sum((p * g).sum() for p, g in pairs if g is not None)
                 backward(surrogate)
-    return loss.detach()
+    return loss.detach(), [embedding.detach() for embedding in embeddings]

@@ -1,11 +1,13 @@
-"""Backbones (timm), the projection head, and the Encoder that returns both `h` and `z`."""
+"""Backbones (timm), the projection head, and the Encoder that returns both `h` and `z`.
+
+`Encoder` and `ProjectionHead` take any backbone that maps a batch to features (N, F) and has
+`num_features`; `create_backbone` and `EncoderSpec` are the image kind's timm backbones.
+"""
 
 from __future__ import annotations
 
 import difflib
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import timm
 import torch
@@ -104,6 +106,7 @@ class Encoder(nn.Module):
 
 
 def create_encoder(spec: EncoderSpec, *, pretrained: bool = False) -> Encoder:
+    """The encoder `spec` describes: its timm backbone and a projection head sized to it."""
     backbone = create_backbone(
         spec.backbone,
         in_chans=spec.in_chans,
@@ -114,33 +117,3 @@ def create_encoder(spec: EncoderSpec, *, pretrained: bool = False) -> Encoder:
     feature_dim = backbone.num_features
     head = ProjectionHead(feature_dim, spec.proj_hidden_dim or feature_dim, spec.proj_dim)
     return Encoder(backbone, head)
-
-
-def save_encoder(encoder: Encoder, spec: EncoderSpec, path: str | Path, extra: dict | None = None) -> None:
-    """Write the weights and the spec (plus `extra` metadata) to one safetensors file, atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    metadata = {"encoder_spec": json.dumps(asdict(spec))}
-    if extra:
-        metadata.update({key: json.dumps(value) for key, value in extra.items()})
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)
-
-
-def load_encoder(path: str | Path) -> tuple[Encoder, EncoderSpec, dict]:
-    """Rebuild an Encoder from a file of `save_encoder`; returns it, its spec and the extra metadata."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no encoder weights at {path}; a finished pretraining run writes them")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = dict(handle.metadata() or {})
-    spec = EncoderSpec(**json.loads(metadata.pop("encoder_spec")))
-    encoder = create_encoder(spec)
-    encoder.load_state_dict(load_file(str(path)))
-    return encoder, spec, {key: json.loads(value) for key, value in metadata.items()}

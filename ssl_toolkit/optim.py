@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -60,3 +61,24 @@ def warmup_cosine_lr(step: int, *, peak_lr: float, warmup_steps: int, total_step
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """`warmup_cosine_lr` of a run, a pure function of the step; `apply` sets it on an optimiser."""
+
+    peak_lr: float
+    warmup_steps: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine_lr(
+            step, peak_lr=self.peak_lr, warmup_steps=self.warmup_steps, total_steps=self.total_steps
+        )
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set the learning rate of step `step` (counted from 0) on every parameter group; returns it."""
+        lr = self(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr

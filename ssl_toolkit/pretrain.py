@@ -1,30 +1,124 @@
-"""`accelerate launch -m ssl_toolkit.pretrain RECIPE.yaml [section.key=value ...]` (or plain `python -m`)."""
+"""`accelerate launch -m ssl_toolkit.pretrain RECIPE [section.key=value ...]` (or plain `python -m`).
+
+RECIPE is a YAML file or the name of a packaged recipe (`ssl-toolkit recipes` lists them). `pretrain`
+builds its parts through `ssl_toolkit.build`, then runs one loop for every loss and every kind of data.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
-from ssl_toolkit.config import ConfigError, load_config
+from accelerate.utils import set_seed
+
+from ssl_toolkit import build
+from ssl_toolkit.config import Config, ConfigError, load_config, save_config
+from ssl_toolkit.encoder_file import save_encoder
+from ssl_toolkit.run_dir import RunDirectory
+from ssl_toolkit.training.checkpoint import resumable_batches, resume, save_checkpoint
+from ssl_toolkit.training.guard import NonFiniteGuard, TrainingDiverged
+from ssl_toolkit.training.objective import ContrastiveObjective, train_step
+from ssl_toolkit.training.run_log import RunLog
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="ssl_toolkit.pretrain", description=__doc__)
-    parser.add_argument("recipe", help="YAML recipe, e.g. recipes/quickstart.yaml")
-    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.batch_size=64")
-    return parser
+def pretrain(config: Config) -> Path:
+    """Run self-supervised (or supervised contrastive) pretraining as configured; returns the run directory.
+
+    Writes `config.yaml`, `metrics.jsonl`, `checkpoints/` and, at the end, `encoder.safetensors` and
+    `pretrain.json` (see `ssl_toolkit.run_dir`).
+    """
+    run = RunDirectory(config.run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    accelerator = build.accelerator(config, run)
+    set_seed(config.seed)  # before building the model, so the seed decides its initial weights
+    kind = build.data_kind(config, run)
+    dataset = kind.pretraining_dataset()
+    data = kind.training_data(dataset, accelerator.device)
+    loader, items = build.train_loader(config, data, accelerator.num_processes)
+    encoder, trained_encoder = build.encoders(config, kind, accelerator.num_processes)
+    objective = ContrastiveObjective(trained_encoder, build.loss(config, dataset))
+    optimizer, peak_lr = build.optimizer(config, objective, accelerator.num_processes)
+    objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
+    # Augmentations draw from the global generator (also the batch views and each worker's base seed):
+    # without a per-process seed every process would crop and jitter its samples identically.
+    set_seed(config.seed, device_specific=True)
+    schedule = build.lr_schedule(config, len(loader), peak_lr)
+    progress = resume(accelerator, run, config.train.resume)
+    if accelerator.is_main_process:
+        save_config(config, run.config)
+    step_fn = train_step(accelerator, objective, config.train.grad_cache_chunk)
+    guard = NonFiniteGuard(accelerator, run, config.train.max_bad_steps)
+    evaluate = build.online_evaluation(config, kind, accelerator, encoder.backbone)
+    accelerator.print(
+        f"pretraining {config.model.backbone} on {config.data.name}: {len(dataset)} samples, global batch "
+        f"{config.train.batch_size * accelerator.num_processes} ({accelerator.num_processes} processes), "
+        f"{schedule.total_steps} steps, peak lr {peak_lr:.4g}, run directory {run.path}"
+    )
+    log = RunLog(
+        accelerator,
+        config,
+        run,
+        steps_per_epoch=len(loader),
+        total_steps=schedule.total_steps,
+        start_step=progress.step,
+        view_summary=kind.view_summary,
+    )
+    objective.train()
+    for inputs, targets in resumable_batches(accelerator, loader, items, progress, schedule.total_steps):
+        lr = schedule.apply(optimizer, progress.step)
+        views = kind.prepare_batch(data.views(inputs))
+        # forward and backward (plain or gradient-cached), then the batch's embeddings for the statistics
+        loss, embeddings = step_fn(views, targets if config.loss.supervised else None)
+        if not guard.allows(loss, progress):  # a non-finite loss on any process: drop the gradients
+            optimizer.zero_grad(set_to_none=True)
+            continue
+        step = progress.step + 1
+        # clip the gradient, and measure its norm where the step is logged (an infinite bound clips nothing)
+        grad_norm = None
+        if config.train.clip_grad_norm is not None or log.record_due(step):
+            bound = config.train.clip_grad_norm or math.inf
+            grad_norm = accelerator.clip_grad_norm_(objective.parameters(), bound)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # free the gradients' memory before logging
+        progress.step = step
+        log.after_step(
+            step,
+            samples=len(targets),
+            loss=loss,
+            lr=lr,
+            grad_norm=grad_norm,
+            skipped_steps=progress.skipped_steps,
+            embeddings=embeddings,
+            views=views,
+            evaluate=evaluate,
+        )
+        if step % config.train.checkpoint_every == 0 and step < schedule.total_steps:
+            save_checkpoint(accelerator, run, step)
+
+    save_checkpoint(accelerator, run, progress.step)
+    if accelerator.is_main_process:
+        data_info = {"name": config.data.name, **kind.preprocessing()}
+        save_encoder(
+            encoder,
+            run.encoder,
+            spec=kind.encoder_spec(),
+            kind=kind.name,
+            preprocessing=kind.preprocessing(),
+            extra={"step": progress.step, "data": data_info},
+        )
+    log.finish(progress.step, config.views_per_sample)
+    return run.path
 
 
 def run(args: argparse.Namespace) -> int:
+    """Pretrain from parsed arguments; 0 on success, 2 for a config error, 3 when the loss diverged."""
     try:
-        config = load_config(args.recipe, args.overrides)
-        from ssl_toolkit.engine import TrainingDiverged, pretrain  # after the config is known good
-
-        try:
-            pretrain(config)
-        except TrainingDiverged as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 3
+        pretrain(load_config(args.recipe, args.overrides))
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -32,7 +126,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    from ssl_toolkit.cli import add_pretrain_arguments
+
+    parser = argparse.ArgumentParser(prog="ssl_toolkit.pretrain", description=__doc__)
+    return run(add_pretrain_arguments(parser).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,29 +1,25 @@
 from __future__ import annotations
 
+import shutil
+
 import pytest
-from pretraining_runs import tiny_config
+from pretraining_runs import pretrain_tiny, reset_accelerate
 
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; start and leave every test without them."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    """Start and leave every test without Accelerate's process-wide singletons."""
+    reset_accelerate()
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """A finished 2-step pretraining run on digits, shared by the tests that only read it."""
-    from accelerate.state import AcceleratorState, GradientState
+def _finished_tiny_run(tmp_path_factory):
+    return pretrain_tiny(tmp_path_factory.mktemp("runs"))
 
-    from ssl_toolkit.engine import pretrain
 
-    run_dir = pretrain(tiny_config(tmp_path_factory.mktemp("runs")))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    return run_dir
+@pytest.fixture
+def tiny_run(_finished_tiny_run, tmp_path):
+    """A finished 2-step pretraining run on digits: this test's own copy, so what it writes stays its own."""
+    return shutil.copytree(_finished_tiny_run, tmp_path / _finished_tiny_run.name)

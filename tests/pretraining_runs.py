@@ -1,13 +1,14 @@
-"""Tiny pretraining runs for tests: a config small enough for a step well under a second on 2 CPU cores."""
+"""Tiny pretraining runs for tests, one Accelerate reset and one metrics reader."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ssl_toolkit.config import load_config
+from ssl_toolkit.run_dir import RunDirectory
 
 REPO = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 
 # Small enough that a pretraining step takes well under a second on 2 CPU cores.
 TINY_RUN = [
@@ -22,13 +23,36 @@ TINY_RUN = [
 ]
 
 
+def reset_accelerate() -> None:
+    """Accelerate keeps process-wide singletons; a new Accelerator in the same process needs them cleared."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 def tiny_config(output_dir, name="tiny", *overrides):
     return load_config(
-        REPO / "recipes" / "quickstart.yaml",
-        [*TINY_RUN, f"run.output_dir={output_dir}", f"run.name={name}", *overrides],
+        QUICKSTART, [*TINY_RUN, f"run.output_dir={output_dir}", f"run.name={name}", *overrides]
     )
 
 
-def logged_losses(run_dir: Path) -> list[float]:
-    """The `loss` of every line of a run's metrics.jsonl, in order."""
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def pretrain_tiny(output_dir, name="tiny", *overrides, config=None) -> Path:
+    """A tiny run of the quickstart recipe with `overrides` (or of `config`); returns its directory."""
+    from ssl_toolkit.pretrain import pretrain
+
+    reset_accelerate()
+    try:
+        return pretrain(config if config is not None else tiny_config(output_dir, name, *overrides))
+    finally:
+        reset_accelerate()
+
+
+def records(run_dir) -> list[dict]:
+    """Every record of a run's metrics.jsonl, in order."""
+    return RunDirectory(run_dir).read_metrics()
+
+
+def logged_losses(run_dir) -> list[float]:
+    """The `loss` of every record of a run's metrics.jsonl, in order."""
+    return [record["loss"] for record in records(run_dir)]

@@ -7,14 +7,18 @@ from contextlib import contextmanager
 import pytest
 import torch
 from losses.process_group import run_in_process_group
-from pretraining_runs import logged_losses, tiny_config
+from pretraining_runs import logged_losses, pretrain_tiny, tiny_config
 from safetensors.torch import load_file
 from torch import nn
 
 from ssl_toolkit import grad_cache
-from ssl_toolkit.engine import ContrastiveObjective, checkpoint_dirs
+from ssl_toolkit.config import LossSection
 from ssl_toolkit.grad_cache import cached_backward
 from ssl_toolkit.losses import NTXentLoss, SigmoidLoss, SupConLoss
+from ssl_toolkit.run_dir import RunDirectory
+from ssl_toolkit.training import objective as objective_module
+from ssl_toolkit.training import run_log
+from ssl_toolkit.training.objective import ContrastiveObjective
 
 BATCH = 12
 DIM = 6
@@ -66,17 +70,18 @@ def _plain_step(model, loss_module, loss_of, views, chunk_size):
     torch.manual_seed(SEED)
     embed = _embed(model)
     pieces = [embed([v[start : start + chunk_size] for v in views]) for start in range(0, BATCH, chunk_size)]
-    loss = loss_of([torch.cat(outputs) for outputs in zip(*pieces, strict=True)])
+    embeddings = [torch.cat(outputs) for outputs in zip(*pieces, strict=True)]
+    loss = loss_of(embeddings)
     loss.backward()
-    return loss.detach(), _grads(model, loss_module), torch.rand(3)
+    return loss.detach(), _grads(model, loss_module), torch.rand(3), [e.detach() for e in embeddings]
 
 
 def _cached_step(model, loss_module, loss_of, views, chunk_size, **kwargs):
     torch.manual_seed(SEED)
-    loss = cached_backward(
+    loss, embeddings = cached_backward(
         _embed(model), loss_of, views, chunk_size, loss_parameters=loss_module.parameters(), **kwargs
     )
-    return loss, _grads(model, loss_module), torch.rand(3)
+    return loss, _grads(model, loss_module), torch.rand(3), embeddings
 
 
 @pytest.mark.parametrize("chunk_size", [4, 5])  # 5: a smaller last chunk
@@ -85,9 +90,11 @@ def test_cached_gradients_equal_the_plain_step_with_dropout(name, chunk_size):
     n_views, loss_module, loss_of = _case(name)
     views = _views(n_views)
     model = _model(dropout=0.3)
-    plain_loss, plain_grads, plain_next = _plain_step(model, loss_module, loss_of, views, chunk_size)
+    plain_loss, plain_grads, plain_next, plain_embeddings = _plain_step(
+        model, loss_module, loss_of, views, chunk_size
+    )
     model.zero_grad(), loss_module.zero_grad()
-    loss, grads, following = _cached_step(model, loss_module, loss_of, views, chunk_size)
+    loss, grads, following, embeddings = _cached_step(model, loss_module, loss_of, views, chunk_size)
     torch.testing.assert_close(loss, plain_loss, rtol=1e-6, atol=1e-6)
     assert not loss.requires_grad
     assert len(grads) == len(plain_grads) == 4 + len(list(loss_module.parameters()))
@@ -95,6 +102,11 @@ def test_cached_gradients_equal_the_plain_step_with_dropout(name, chunk_size):
         torch.testing.assert_close(grad, plain, rtol=1e-5, atol=1e-5)
     # The caller's random stream goes on as after the plain step: pass 2 replays, it does not draw anew.
     torch.testing.assert_close(following, plain_next, rtol=0, atol=0)
+    # The step's embeddings are the whole batch's (every chunk), as the plain step has them.
+    assert [e.shape for e in embeddings] == [(BATCH, 8)] * n_views
+    for embedding, plain in zip(embeddings, plain_embeddings, strict=True):
+        assert not embedding.requires_grad
+        torch.testing.assert_close(embedding, plain, rtol=1e-6, atol=1e-6)
 
 
 def test_without_the_random_state_replay_dropout_gradients_differ(monkeypatch):
@@ -102,10 +114,10 @@ def test_without_the_random_state_replay_dropout_gradients_differ(monkeypatch):
     n_views, loss_module, loss_of = _case("ntxent")
     views = _views(n_views)
     model = _model(dropout=0.3)
-    _, plain_grads, _ = _plain_step(model, loss_module, loss_of, views, 4)
+    _, plain_grads, _, _ = _plain_step(model, loss_module, loss_of, views, 4)
     model.zero_grad()
     monkeypatch.setattr(grad_cache, "_set_rng_state", lambda state, devices: None)
-    _, grads, _ = _cached_step(model, loss_module, loss_of, views, 4)
+    _, grads, _, _ = _cached_step(model, loss_module, loss_of, views, 4)
     assert not all(
         torch.allclose(g, p, rtol=1e-5, atol=1e-5) for g, p in zip(grads, plain_grads, strict=True)
     )
@@ -116,9 +128,9 @@ def test_without_dropout_equals_one_forward_of_the_whole_batch(name):
     n_views, loss_module, loss_of = _case(name)
     views = _views(n_views)
     model = _model(dropout=0.0)
-    plain_loss, plain_grads, _ = _plain_step(model, loss_module, loss_of, views, BATCH)
+    plain_loss, plain_grads, _, _ = _plain_step(model, loss_module, loss_of, views, BATCH)
     model.zero_grad(), loss_module.zero_grad()
-    loss, grads, _ = _cached_step(model, loss_module, loss_of, views, 3)
+    loss, grads, _, _ = _cached_step(model, loss_module, loss_of, views, 3)
     torch.testing.assert_close(loss, plain_loss, rtol=1e-6, atol=1e-6)
     for grad, plain in zip(grads, plain_grads, strict=True):
         torch.testing.assert_close(grad, plain, rtol=1e-5, atol=1e-5)
@@ -128,9 +140,9 @@ def test_batchnorm_statistics_are_per_chunk_and_updated_once_per_chunk():
     n_views, loss_module, loss_of = _case("ntxent")
     views = _views(n_views)
     reference = _model(dropout=0.0, batchnorm=True)
-    _, plain_grads, _ = _plain_step(reference, loss_module, loss_of, views, 4)
+    _, plain_grads, _, _ = _plain_step(reference, loss_module, loss_of, views, 4)
     model = _model(dropout=0.0, batchnorm=True)
-    _, grads, _ = _cached_step(model, loss_module, loss_of, views, 4, buffers=model.buffers())
+    _, grads, _, _ = _cached_step(model, loss_module, loss_of, views, 4, buffers=model.buffers())
     for grad, plain in zip(grads, plain_grads, strict=True):
         torch.testing.assert_close(grad, plain, rtol=1e-5, atol=1e-5)
     for buffer, plain in zip(model.buffers(), reference.buffers(), strict=True):
@@ -185,17 +197,17 @@ def _ddp_plain_and_cached(rank: int, world_size: int) -> dict:
     for loss_module in (NTXentLoss(temperature=0.3), SigmoidLoss()):
         torch.manual_seed(0)
         objective = DistributedDataParallel(ContrastiveObjective(_TinyEncoder(), loss_module))
-        objective(views).backward()
+        objective(views)[0].backward()
         plain = [p.grad.clone() for p in objective.parameters()]
 
         def embed(chunk: list[torch.Tensor], objective=objective) -> list[torch.Tensor]:
-            return objective(chunk, mode="embed")  # through DDP's forward, as the engine does
+            return objective(chunk, mode="embed")  # through DDP's forward, as pretraining does
 
         for _ in range(2):  # a second step fails if DDP did not finish reducing the first
             objective.zero_grad()
             cached_backward(
                 embed,
-                objective.module.loss_of_embeddings,
+                objective.module.loss_of,
                 views,
                 2,
                 loss_parameters=objective.module.loss.parameters(),
@@ -205,6 +217,7 @@ def _ddp_plain_and_cached(rank: int, world_size: int) -> dict:
     return results
 
 
+@pytest.mark.slow
 def test_two_processes_under_ddp_reduce_the_cached_gradients_like_the_plain_ones():
     for results in run_in_process_group(_ddp_plain_and_cached, 2):
         for plain, cached in results.values():
@@ -213,23 +226,14 @@ def test_two_processes_under_ddp_reduce_the_cached_gradients_like_the_plain_ones
 
 
 def _run(tmp_path, name, *overrides, loss=None):
-    from accelerate.state import AcceleratorState, GradientState
-
-    from ssl_toolkit.config import LossSection
-    from ssl_toolkit.engine import pretrain
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
     config = tiny_config(tmp_path, name, *overrides)
     if loss is not None:
         config.loss = LossSection(loss)  # the recipe's temperature is not an argument of every loss
-    return pretrain(config)
+    return pretrain_tiny(tmp_path, config=config)
 
 
 @pytest.mark.parametrize("loss", [None, "sigmoid"])
-def test_engine_with_one_chunk_trains_like_the_plain_step(tmp_path, monkeypatch, loss):
-    import ssl_toolkit.engine as engine
-
+def test_pretraining_with_one_chunk_trains_like_the_plain_step(tmp_path, monkeypatch, loss):
     calls = []
 
     def spy(*args, **kwargs):
@@ -237,19 +241,24 @@ def test_engine_with_one_chunk_trains_like_the_plain_step(tmp_path, monkeypatch,
         return cached_backward(*args, **kwargs)
 
     plain = _run(tmp_path, "plain", loss=loss)
-    monkeypatch.setattr(engine, "cached_backward", spy)
+    monkeypatch.setattr(objective_module, "cached_backward", spy)
     cached = _run(tmp_path, "cached", "train.grad_cache_chunk=32", loss=loss)  # the whole batch of 32
     assert calls == [32, 32]  # both steps took the cached path
     torch.testing.assert_close(logged_losses(cached), logged_losses(plain), rtol=1e-6, atol=1e-6)
     # The full state: encoder weights, BatchNorm statistics, the loss's own parameters.
-    expected = load_file(str(checkpoint_dirs(plain)[-1] / "model.safetensors"))
-    found = load_file(str(checkpoint_dirs(cached)[-1] / "model.safetensors"))
+    expected = load_file(str(RunDirectory(plain).checkpoint_dirs()[-1] / "model.safetensors"))
+    found = load_file(str(RunDirectory(cached).checkpoint_dirs()[-1] / "model.safetensors"))
     assert found.keys() == expected.keys()
     for name, value in expected.items():
         torch.testing.assert_close(found[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_engine_chunks_multi_crop_views_with_a_smaller_last_chunk(tmp_path):
+def test_pretraining_chunks_multi_crop_views_and_logs_whole_batch_statistics(tmp_path, monkeypatch):
+    rows = []
+    real = run_log.view_pair_metrics
+    monkeypatch.setattr(
+        run_log, "view_pair_metrics", lambda a, b: rows.append((len(a), len(b))) or real(a, b)
+    )
     run_dir = _run(
         tmp_path,
         "multicrop",
@@ -261,10 +270,11 @@ def test_engine_chunks_multi_crop_views_with_a_smaller_last_chunk(tmp_path):
     )
     losses = logged_losses(run_dir)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert rows == [(32, 32), (32, 32)]  # every chunk's embeddings, not the last chunk's 8
 
 
 def test_a_negative_chunk_is_a_config_error(tmp_path):
     from ssl_toolkit.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"train\.grad_cache_chunk"):
-        _run(tmp_path, "bad", "train.grad_cache_chunk=-1")
+        tiny_config(tmp_path, "bad", "train.grad_cache_chunk=-1")

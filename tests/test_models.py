@@ -5,7 +5,8 @@ import timm
 import torch
 
 from ssl_toolkit.config import ConfigError, load_config
-from ssl_toolkit.models import EncoderSpec, create_backbone, create_encoder, load_encoder, save_encoder
+from ssl_toolkit.encoder_file import load_encoder, save_encoder
+from ssl_toolkit.models import EncoderSpec, create_backbone, create_encoder
 
 
 def test_small_convnet_follows_timms_model_contract():
@@ -37,11 +38,14 @@ def test_backbone_args_reshape_the_architecture():
 def test_encoder_file_keeps_the_backbone_args(tmp_path):
     spec = EncoderSpec("small_convnet", in_chans=1, backbone_args={"widths": [8, 24]}, proj_dim=4)
     encoder = create_encoder(spec)
-    save_encoder(encoder, spec, tmp_path / "encoder.safetensors")
-    loaded, loaded_spec, _ = load_encoder(tmp_path / "encoder.safetensors")
-    assert loaded_spec == spec and loaded.feature_dim == 24
+    preprocessing = {"image_size": 28, "channels": 1, "mean": [0.3], "std": [0.2]}
+    save_encoder(
+        encoder, tmp_path / "encoder.safetensors", spec=spec, kind="image", preprocessing=preprocessing
+    )
+    trained = load_encoder(tmp_path / "encoder.safetensors")
+    assert trained.spec == spec and trained.feature_dim == 24 and trained.preprocessing == preprocessing
     images = torch.randn(2, 1, 28, 28)
-    torch.testing.assert_close(loaded.eval()(images)[0], encoder.eval()(images)[0])
+    torch.testing.assert_close(trained.embed(images), encoder.eval()(images)[0])
 
 
 def test_backbone_args_come_from_recipes_and_overrides():

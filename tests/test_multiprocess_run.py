@@ -6,9 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from accelerate import Accelerator
-from pretraining_runs import REPO, TINY_RUN
+from pretraining_runs import QUICKSTART, TINY_RUN, records
 from safetensors.torch import load_file
 
 from ssl_toolkit.cli import main as cli_main
@@ -22,17 +23,21 @@ LAUNCH = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_processes_then_evaluate(tmp_path):
     command = [
-        *LAUNCH, "-m", "ssl_toolkit.pretrain", str(REPO / "recipes" / "quickstart.yaml"),
+        *LAUNCH, "-m", "ssl_toolkit.pretrain", str(QUICKSTART),
         *TINY_RUN, "train.max_steps=3", f"run.output_dir={tmp_path}", "run.name=two",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "global batch 64 (2 processes)" in result.stdout
     run_dir = tmp_path / "two"
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]  # written once, by the main process only
+    assert [record["step"] for record in records(run_dir)] == [
+        1,
+        2,
+        3,
+    ]  # written once, by the main process only
 
     # Evaluation on 2 processes: each embeds half of every split; the gathered features come back in
     # dataset order without the padding that evens out the last batch (450 test digits, batch 256).

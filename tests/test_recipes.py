@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shlex
@@ -12,6 +11,7 @@ import pytest
 import torch
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
+from pretraining_runs import REPO, pretrain_tiny, records
 from torch import nn
 
 from ssl_toolkit.config import load_config
@@ -19,7 +19,6 @@ from ssl_toolkit.data import DATASETS
 from ssl_toolkit.losses import NTXentLoss, create_loss
 from ssl_toolkit.optim import scale_lr
 
-REPO = Path(__file__).resolve().parent.parent
 RECIPE_DIR = REPO / "recipes"
 ACCELERATE_DIR = RECIPE_DIR / "accelerate"
 RECIPES = sorted(RECIPE_DIR.glob("*.yaml"))
@@ -155,10 +154,8 @@ def test_fashion_mnist_recipe_runs_a_real_step_on_cpu(recipe, tmp_path):
 
     bf16 convolutions take ~15 s per forward on a CPU without bf16 instructions, so this step runs in
     float32; `test_recipe_loss_trains_under_its_mixed_precision` covers the recipes' autocast. Accelerate's
-    singletons are reset before and after by the autouse fixture in conftest.py.
+    singletons are reset before and after.
     """
-    from ssl_toolkit.engine import pretrain
-
     overrides = [
         "train.max_steps=1",
         "train.batch_size=16",
@@ -167,9 +164,9 @@ def test_fashion_mnist_recipe_runs_a_real_step_on_cpu(recipe, tmp_path):
         'train.mixed_precision="no"',  # quoted: YAML reads a bare no as false
         f"run.output_dir={tmp_path}",
     ]
-    run_dir = pretrain(load_config(recipe, overrides))
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert records and records[-1]["step"] == 1 and math.isfinite(records[-1]["loss"])
+    run_dir = pretrain_tiny(tmp_path, config=load_config(recipe, overrides))
+    logged = records(run_dir)
+    assert logged and logged[-1]["step"] == 1 and math.isfinite(logged[-1]["loss"])
     assert (run_dir / "encoder.safetensors").is_file()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     written = yaml.safe_load(recipe.read_text())["loss"]
@@ -178,7 +175,7 @@ def test_fashion_mnist_recipe_runs_a_real_step_on_cpu(recipe, tmp_path):
 
 @pytest.mark.parametrize("recipe", GPU_RECIPES, ids=_ids)
 def test_recipe_loss_trains_under_its_mixed_precision(recipe):
-    """The recipe's loss on half-precision embeddings inside autocast, as the engine calls it on a GPU.
+    """The recipe's loss on half-precision embeddings inside autocast, as pretraining calls it on a GPU.
 
     CPU autocast lowers matmuls to bf16 as CUDA autocast does; the loss must return a finite float32
     value and a gradient.

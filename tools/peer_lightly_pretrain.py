@@ -3,7 +3,7 @@
 The peer contender for BENCHMARKS.md's evaluation section: the same encoder, optimiser, precision, memory
 layout, batch size, temperature, seed and view parameters (crop area, flip, jitter, grayscale, blur) as
 the recipe, but lightly's `SimCLRTransform` (PIL images, in DataLoader workers) and lightly's `NTXentLoss`
-in a plain training loop, on the CPU (the comparison the 2-core budget of issue 6 asks for).
+in a plain training loop, on the CPU.
 Training stops when the budget is spent; warmup and cosine decay follow the elapsed fraction of the budget,
 so the schedule completes however many steps fit. The encoder is saved as a run directory that
 `ssl-toolkit probe` and `ssl-toolkit knn` read like any other, and both are run on it, so the two
@@ -21,7 +21,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 from lightly.loss import NTXentLoss
@@ -29,13 +28,13 @@ from lightly.transforms import SimCLRTransform
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import to_pil_image
 
+from ssl_toolkit import build
 from ssl_toolkit.config import load_config, save_config
-from ssl_toolkit.data import create_dataset
-from ssl_toolkit.engine import recipe_encoder_spec, recipe_views
+from ssl_toolkit.encoder_file import save_encoder
 from ssl_toolkit.eval.knn_report import run_knn
 from ssl_toolkit.eval.probe import run_probe
-from ssl_toolkit.models import create_encoder, save_encoder
-from ssl_toolkit.optim import create_optimizer, scale_lr, warmup_cosine_lr
+from ssl_toolkit.optim import warmup_cosine_lr
+from ssl_toolkit.run_dir import RunDirectory
 
 
 class PILViews(Dataset):
@@ -66,14 +65,14 @@ def main() -> None:
     config = load_config(
         args.recipe, [*args.overrides, f"run.output_dir={args.output_dir}", f"run.name={args.name}"]
     )
-    run_dir = Path(config.run.output_dir) / config.run.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDirectory(config.run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
-    dataset = create_dataset(config.data.name, config.data.root, config.data.pretrain_split)
-    mean, std = dataset.channel_stats()
-    # The recipe's views as the engine resolves them, handed to lightly's transform parameter by parameter.
-    views = recipe_views(config, dataset.channels, mean, std)
+    kind = build.data_kind(config)
+    dataset = kind.pretraining_dataset()
+    # The recipe's views as pretraining resolves them, handed to lightly's transform parameter by parameter.
+    views = kind.view_params()
     if len(views) != 2 or views[0].solarize_p > 0:
         sys.exit(
             "lightly's SimCLRTransform makes two views, no solarize: set augment.n_views=2, no small crops"
@@ -98,18 +97,9 @@ def main() -> None:
         num_workers=config.data.num_workers,
         persistent_workers=config.data.num_workers > 0,
     )
-    spec = recipe_encoder_spec(config, dataset.channels)
-    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
-    encoder = create_encoder(spec).to(memory_format=memory_format).train()
+    encoder = kind.create_encoder().train()
     loss_fn = NTXentLoss(temperature=config.loss.options["temperature"])
-    peak_lr = scale_lr(config.optim.lr, config.train.batch_size, config.optim.lr_scaling)
-    optimizer = create_optimizer(
-        encoder,
-        config.optim.name,
-        lr=peak_lr,
-        weight_decay=config.optim.weight_decay,
-        momentum=config.optim.momentum,
-    )
+    optimizer, peak_lr = build.optimizer(config, encoder, num_processes=1)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.mixed_precision)
 
     budget_ms = round(args.minutes * 60_000)
@@ -125,7 +115,7 @@ def main() -> None:
             lr = warmup_cosine_lr(elapsed_ms, peak_lr=peak_lr, warmup_steps=warmup_ms, total_steps=budget_ms)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            views = torch.cat([view0, view1]).contiguous(memory_format=memory_format)
+            (views,) = kind.prepare_batch([torch.cat([view0, view1])])
             with torch.autocast(
                 "cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
             ):
@@ -142,11 +132,17 @@ def main() -> None:
                 )
     seconds = time.perf_counter() - started
 
-    save_config(config, run_dir / "config.yaml")
-    extra = {"step": steps, "data": {"name": config.data.name, "mean": mean, "std": std}}
-    save_encoder(encoder, spec, run_dir / "encoder.safetensors", extra=extra)
-    probe = run_probe(run_dir)
-    knn = run_knn(run_dir)
+    save_config(config, run.config)
+    save_encoder(
+        encoder,
+        run.encoder,
+        spec=kind.encoder_spec(),
+        kind=kind.name,
+        preprocessing=kind.preprocessing(),
+        extra={"step": steps, "data": {"name": config.data.name, **kind.preprocessing()}},
+    )
+    probe = run_probe(run.path)
+    knn = run_knn(run.path)
     row = {
         "contender": "lightly SimCLRTransform + NTXentLoss",
         "pretrain_seconds": seconds,
@@ -158,7 +154,7 @@ def main() -> None:
         "probe_auroc": probe["auroc"],
         "knn_top1": knn["top1"],
     }
-    (run_dir / "peer.json").write_text(json.dumps(row, indent=2) + "\n")
+    (run.path / "peer.json").write_text(json.dumps(row, indent=2) + "\n")
     print(json.dumps(row))
 
 

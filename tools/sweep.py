@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
+
+from ssl_toolkit.run_dir import RunDirectory
 
 
 def _run_name(index: int, label: str) -> str:
@@ -47,27 +48,23 @@ def sweep(
     cli = [sys.executable, "-m", "ssl_toolkit.cli"]
     for index, (label, overrides) in enumerate(runs):
         name = _run_name(index, label)
-        run_dir = output_dir / name
+        run = RunDirectory(output_dir / name)
         settings = [*common, *overrides, f"run.output_dir={output_dir}", f"run.name={name}"]
         started = time.perf_counter()
-        output = _run([sys.executable, "-m", "ssl_toolkit.pretrain", recipe, *settings])
+        _run([sys.executable, "-m", "ssl_toolkit.pretrain", recipe, *settings])
         wall = time.perf_counter() - started
-        loop = float(re.search(r"done in ([\d.]+)s", output).group(1))
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        steps = records[-1]["step"]
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        views_per_image = config["augment"]["n_views"] + config["augment"]["small_crops"]
-        _run([*cli, "probe", str(run_dir), *(["--baselines"] if baselines and index == 0 else [])])
-        _run([*cli, "knn", str(run_dir)])
-        probe = json.loads((run_dir / "probe.json").read_text())
-        knn = json.loads((run_dir / "knn.json").read_text())
+        pretraining = run.read_summary()
+        _run([*cli, "probe", str(run.path), *(["--baselines"] if baselines and index == 0 else [])])
+        _run([*cli, "knn", str(run.path)])
+        probe = json.loads(run.probe.read_text())
+        knn = json.loads(run.knn.read_text())
         row = {
             "label": label,
             "overrides": overrides,
-            "epochs": records[-1]["epoch"],
-            "pretrain_seconds": loop,
+            "epochs": pretraining["epochs"],
+            "pretrain_seconds": pretraining["seconds"],
             "wall_seconds": wall,
-            "views_per_s": steps * config["train"]["batch_size"] * views_per_image / loop,
+            "views_per_s": pretraining["views_per_s"],
             "probe_top1": probe["top1"],
             "probe_auroc": probe["auroc"],
             "knn_top1": knn["top1"],

@@ -17,25 +17,31 @@ from torch.utils.data import DataLoader, Dataset
 def extract_features(
     embed: Callable[[torch.Tensor], torch.Tensor],
     dataset: Dataset,
-    accelerator: Accelerator,
+    accelerator: Accelerator | None = None,
     *,
     batch_size: int = 256,
     num_workers: int = 0,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`embed` applied to every item of `dataset`, in order; returns features (N, D) and targets (N,) on CPU.
+    """`embed` applied to every item `(input, target)` of `dataset`, in order; returns features (N, D) and
+    targets (N,) on the CPU.
 
-    Each process embeds its share; `gather_for_metrics` reassembles them and drops the padding
-    that evens out the last batch.
+    With an `accelerator`, each process embeds its share under its autocast, and `gather_for_metrics`
+    reassembles them and drops the padding that evens out the last batch. Without one, this process embeds
+    everything on `device` (default: the CPU).
     """
-    loader = accelerator.prepare_data_loader(
-        DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    )
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader)
     features, targets = [], []
-    for images, labels in loader:
-        with accelerator.autocast():
-            output = embed(images)
-        output, labels = accelerator.gather_for_metrics((output.float().contiguous(), labels))
-        features.append(output.cpu())
+    for inputs, labels in loader:
+        if accelerator is None:
+            output = embed(inputs.to(device) if device is not None else inputs)
+        else:
+            with accelerator.autocast():
+                output = embed(inputs)
+            output, labels = accelerator.gather_for_metrics((output.float().contiguous(), labels))
+        features.append(output.float().cpu())
         targets.append(labels.cpu())
     return torch.cat(features), torch.cat(targets)
 

@@ -39,3 +39,33 @@ def online_knn_top1(
     finally:
         backbone.train(was_training)
     return knn_top1(bank_x, bank_y, query_x, query_y, num_classes)
+
+
+class OnlineKNN:
+    """`{"knn_top1": ...}` of `backbone` on evenly spaced items of two evaluation datasets, when called.
+
+    Args:
+        backbone: the backbone being trained (not a copy: it is measured as it is at each call).
+        bank: the labelled items whose features vote (at most `bank_size` of them).
+        queries: the labelled items classified (at most `query_count` of them).
+        accelerator: every process embeds its share.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        bank: Dataset,
+        queries: Dataset,
+        accelerator: Accelerator,
+        *,
+        bank_size: int,
+        query_count: int,
+    ):
+        self.backbone, self.accelerator = backbone, accelerator
+        self.num_classes = bank.num_classes
+        self.bank = evenly_spaced_subset(bank, bank_size)
+        self.queries = evenly_spaced_subset(queries, query_count)
+
+    def __call__(self) -> dict:
+        top1 = online_knn_top1(self.backbone, self.bank, self.queries, self.num_classes, self.accelerator)
+        return {"knn_top1": top1}

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.eval.linear_probe import evaluate_linear_probe
-from ssl_toolkit.eval.run import FEATURES, EvaluationRun
+from ssl_toolkit.eval.run import FEATURES, RANDOM_INIT, EvaluationRun
 
 FEATURE_CHOICES = (*FEATURES, "both")
-SUMMARY_KEYS = ("top1", "top5", "auroc", "features", "random_init_top1", "raw_pixels_top1")
+SUMMARY_KEYS = ("top1", "top5", "auroc", "features")
 
 
 def run_probe(
@@ -25,9 +25,10 @@ def run_probe(
     """Probe the run's frozen encoder on its dataset; writes probe.json and returns its contents.
 
     `features`: "backbone" (h, the default), "projection" (z) or "both", which reports h at the top level
-    and z under "projection". `baselines` adds `random_init_top1` (the same backbone, untrained) and
-    `raw_pixels_top1` under the same probe. Under `accelerate launch` every process embeds its share of the
-    data; the main process fits the probes, writes the file and returns the result, the others None.
+    and z under "projection". `baselines` adds `random_init_top1` (the same backbone, untrained) and the
+    data kind's raw baseline (`raw_pixels_top1` for images) under the same probe. Under `accelerate launch`
+    every process embeds its share of the data; the main process fits the probes, writes the file and
+    returns the result, the others None.
     """
     if features not in FEATURE_CHOICES:
         raise ConfigError(f"--features {features!r} is not one of: {', '.join(FEATURE_CHOICES)}")
@@ -35,7 +36,7 @@ def run_probe(
     run = EvaluationRun(run_dir, overrides, batch_size=batch_size)
     kinds = list(FEATURES) if features == "both" else [features]
     if baselines:
-        kinds += ["random_init", "raw_pixels"]
+        kinds += [RANDOM_INIT, run.baseline]
     # Every process takes part in every extraction (a collective) before the main process fits alone.
     extracted = {kind: (run.features(kind, "train"), run.features(kind, "test")) for kind in kinds}
     if not run.is_main_process:
@@ -50,12 +51,13 @@ def run_probe(
     if features == "both":
         result["projection"] = {**probe("projection"), "features": "projection"}
     if baselines:
-        result["random_init_top1"] = probe("random_init")["top1"]
-        result["raw_pixels_top1"] = probe("raw_pixels")["top1"]
+        for baseline in (RANDOM_INIT, run.baseline):
+            result[f"{baseline}_top1"] = probe(baseline)["top1"]
     result["seconds"] = time.perf_counter() - started
-    (run.run_dir / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    run.run.probe.write_text(json.dumps(result, indent=2) + "\n")
 
-    summary = {f"probe/{key}": value for key, value in result.items() if key in SUMMARY_KEYS}
+    summary_keys = (*SUMMARY_KEYS, f"{RANDOM_INIT}_top1", f"{run.baseline}_top1")
+    summary = {f"probe/{key}": value for key, value in result.items() if key in summary_keys}
     projection = result.get("projection", {})
     summary.update({f"probe/projection_{k}": v for k, v in projection.items() if k in SUMMARY_KEYS})
     run.publish(summary)

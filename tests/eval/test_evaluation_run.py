@@ -13,9 +13,9 @@ import ssl_toolkit.eval.run as evaluation_run
 from ssl_toolkit.augment import eval_transform
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.data import create_dataset
+from ssl_toolkit.encoder_file import load_encoder
 from ssl_toolkit.eval.features import FeatureCache, extract_features
 from ssl_toolkit.eval.run import EvaluationRun, frozen_embedding
-from ssl_toolkit.models import load_encoder
 
 
 def _digest(path):
@@ -27,8 +27,8 @@ def _state(module):
 
 
 def test_feature_extraction_leaves_the_encoder_bit_identical(tiny_run):
-    encoder, _, extra = load_encoder(tiny_run / "encoder.safetensors")
-    stats = extra["data"]
+    trained = load_encoder(tiny_run / "encoder.safetensors")
+    encoder, stats = trained.encoder, trained.preprocessing
     digits = create_dataset("digits", None, "test").with_transform(
         eval_transform(8, stats["mean"], stats["std"])
     )
@@ -137,16 +137,16 @@ def test_missing_run_pieces_name_the_path(tmp_path):
         EvaluationRun(tmp_path)
 
 
+@pytest.mark.slow
 def test_results_and_plot_reach_the_runs_wandb_summary(tmp_path):
     import wandb_offline
-    from pretraining_runs import tiny_config
+    from pretraining_runs import pretrain_tiny
 
-    from ssl_toolkit.engine import pretrain
     from ssl_toolkit.eval.knn_report import run_knn
     from ssl_toolkit.eval.probe import run_probe
     from ssl_toolkit.eval.tsne import run_plot
 
-    run_dir = pretrain(tiny_config(tmp_path, "wandb", "log.trackers=[wandb]"))
+    run_dir = pretrain_tiny(tmp_path, "wandb", "log.trackers=[wandb]")
     (run_id,) = wandb_offline.run_ids(run_dir)
     probe = run_probe(run_dir, baselines=True)
     knn = run_knn(run_dir)

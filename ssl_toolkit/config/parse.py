@@ -1,143 +1,22 @@
-"""Run configuration: dataclasses, YAML loading and `section.key=value` overrides.
+"""Reading a config: YAML recipes (a path or the name of a packaged recipe) and `section.key=value` overrides.
 
-This is the only module that parses YAML or command-line overrides. Entry points turn the
-resulting `Config` into explicit keyword arguments; the library never receives the config.
+This is the only module that parses YAML or command-line overrides. Every value is type-checked against
+the schema's annotation and every key against the schema; the result is validated before it is returned.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import inspect
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A recipe or an override that cannot be used as given; the message says how to fix it."""
-
-
-@dataclass
-class RunSection:
-    name: str = "run"
-    output_dir: str = "runs"
-
-
-@dataclass
-class DataSection:
-    name: str = "digits"
-    root: str | None = None
-    image_size: int = 32
-    num_workers: int = 0
-    download: bool = False  # torchvision datasets only; never at run time unless asked
-    pretrain_split: str = "train"  # e.g. train+unlabeled for stl10
-
-
-@dataclass
-class AugmentSection:
-    """Unset (null) values take the preset's value for the image size."""
-
-    preset: str = "simclr"
-    device: str = "auto"  # gpu (kornia, on whole batches) when CUDA is available
-    n_views: int = 2
-    strength: float = 1.0  # colour-jitter strength s
-    min_scale: float | None = None  # smallest crop area, as a fraction of the image (SimCLR: 0.08)
-    flip_p: float | None = None
-    blur_p: float | None = None
-    solarize_p: float | None = None
-    small_crops: int = 0  # multi-crop: this many small views besides the n_views large ones
-    small_size: int | None = None
-
-
-@dataclass
-class ModelSection:
-    backbone: str = "resnet18"
-    backbone_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of timm.create_model
-    cifar_stem: bool = False
-    proj_hidden_dim: int | None = None  # None: the backbone's feature dimension, as in SimCLR
-    proj_dim: int = 128
-    sync_bn: bool = False  # SimCLR's global BatchNorm: statistics over every process's batch
-
-
-@dataclass
-class LossSection:
-    """`name` picks the loss; every other key is passed to its constructor (checked against its signature).
-
-    `supervised`: the views of images of one class are positives (SupCon); otherwise only views of the
-    same image are (SimCLR).
-    """
-
-    name: str = "ntxent"
-    supervised: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class OptimSection:
-    name: str = "sgd"
-    lr: float = 0.3
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    lr_scaling: str = "linear"
-    warmup_epochs: float = 10.0
-
-
-@dataclass
-class TrainSection:
-    batch_size: int = 256
-    epochs: int = 100
-    max_steps: int | None = None
-    mixed_precision: str = "no"
-    grad_cache_chunk: int = 0
-    checkpoint_every: int = 1000
-    resume: str | None = None
-    max_bad_steps: int = 5  # consecutive steps with a NaN/inf loss before the run stops
-    clip_grad_norm: float | None = None
-    channels_last: bool = False
-    compile: bool = False  # torch.compile through Accelerate
-
-
-@dataclass
-class LogSection:
-    trackers: list[str] = field(default_factory=lambda: ["wandb"])
-    every: int = 10
-    knn_every: int = 0  # steps between online kNN evaluations on the test split (0 = never)
-
-
-@dataclass
-class Config:
-    seed: int = 0
-    run: RunSection = field(default_factory=RunSection)
-    data: DataSection = field(default_factory=DataSection)
-    augment: AugmentSection = field(default_factory=AugmentSection)
-    model: ModelSection = field(default_factory=ModelSection)
-    loss: LossSection = field(default_factory=LossSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    log: LogSection = field(default_factory=LogSection)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.run.output_dir) / self.run.name
-
-
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "seed"}
-CHOICES = {
-    "augment.device": ("cpu", "gpu", "auto"),
-    "optim.name": ("sgd", "adamw", "lars"),
-    "optim.lr_scaling": ("none", "linear", "sqrt"),
-    "train.mixed_precision": ("no", "fp16", "bf16"),
-    "log.trackers": ("wandb", "tensorboard"),
-}
-
-
-def _section_classes() -> dict[str, type]:
-    hints = typing.get_type_hints(Config)
-    return {name: hints[name] for name in SECTIONS}
+from ssl_toolkit.config.schema import CHOICES, SECTIONS, Config, ConfigError, LossSection, validate
 
 
 def _describe(annotation: Any) -> str:
@@ -264,27 +143,6 @@ def _apply(config: Config, dotted_key: str, value: Any, *, source: str) -> None:
     setattr(section, key, coerced)
 
 
-def _validate(config: Config) -> None:
-    _validate_loss(config.loss)
-    positive = {
-        "train.batch_size": config.train.batch_size,
-        "train.epochs": config.train.epochs,
-        "train.checkpoint_every": config.train.checkpoint_every,
-        "train.max_bad_steps": config.train.max_bad_steps,
-        "log.every": config.log.every,
-        "data.image_size": config.data.image_size,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key}={value} must be positive")
-    if config.train.max_steps is not None and config.train.max_steps <= 0:
-        raise ConfigError(f"train.max_steps={config.train.max_steps} must be positive (or null for no limit)")
-    if config.augment.n_views < 2:
-        raise ConfigError(f"augment.n_views={config.augment.n_views} must be at least 2")
-    if config.data.num_workers < 0:
-        raise ConfigError(f"data.num_workers={config.data.num_workers} must be 0 or more")
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """Split `section.key=value` into the key and its YAML-parsed value."""
     if "=" not in text:
@@ -321,8 +179,30 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
     return config
 
 
+def packaged_recipes() -> dict[str, Path]:
+    """The recipes that ship inside the package, by name (file name without `.yaml`)."""
+    folder = importlib.resources.files("ssl_toolkit") / "recipes"
+    return {
+        Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")
+    }
+
+
+def resolve_recipe(recipe: str | Path) -> Path:
+    """A recipe file: `recipe` itself when it is a file, else the packaged recipe of that name."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = packaged_recipes()
+    if path.stem in shipped and path.name in (path.stem, f"{path.stem}.yaml"):
+        return shipped[path.stem]
+    raise ConfigError(
+        f"recipe {str(recipe)!r} does not exist; give a path to a YAML file or the name of a packaged "
+        f"recipe: {', '.join(sorted(shipped))} (`ssl-toolkit recipes` lists them)"
+    )
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a recipe, apply `section.key=value` overrides, and validate the result.
+    """Read a recipe (a path, or a packaged recipe's name), apply `section.key=value` overrides, validate.
 
     Raises:
         ConfigError: a missing file, unknown key, wrong type or invalid value; the message names it.
@@ -330,9 +210,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe {str(path)!r} does not exist; recipes ship in recipes/*.yaml")
+        path = resolve_recipe(path)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
@@ -342,7 +220,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for text in overrides:
         key, value = parse_override(text)
         _apply(config, key, value, source="command-line overrides")
-    _validate(config)
+    _validate_loss(config.loss)
+    validate(config)
     return config
 
 

@@ -1,0 +1,135 @@
+"""Config → objects, in one place: what pretraining, evaluation and the tools build from a config.
+
+Every rule that needs only the config was checked by `load_config`; the rules here need the data too (the
+dataset's size and labels). Each builder raises ConfigError naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ssl_toolkit import distributed
+from ssl_toolkit.config import Config, ConfigError
+from ssl_toolkit.data.epoch_seeded import EpochSeededDataset
+from ssl_toolkit.eval.online import OnlineKNN
+from ssl_toolkit.kinds import DataKind, TrainingData, data_kind_class
+from ssl_toolkit.losses import create_loss
+from ssl_toolkit.optim import LrSchedule, create_optimizer, scale_lr
+from ssl_toolkit.run_dir import RunDirectory
+
+KNN_BANK_SIZE = 10_000  # train items the online kNN's neighbours come from
+KNN_QUERIES = 2_000  # test items it classifies
+
+
+def accelerator(config: Config, run: RunDirectory) -> Accelerator:
+    """The pretraining Accelerator: the config's precision and trackers, files under the run directory."""
+    return Accelerator(
+        cpu=distributed.launched_on_cpu_processes(),
+        mixed_precision=config.train.mixed_precision,
+        # The shuffle then depends on (seed, epoch) alone, which mid-epoch resume relies on.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        log_with=list(config.log.trackers) or None,
+        project_config=ProjectConfiguration(project_dir=str(run.path), logging_dir=str(run.path)),
+    )
+
+
+def evaluation_accelerator(config: Config) -> Accelerator:
+    """The Accelerator of an evaluation command: the run's precision, no trackers."""
+    return Accelerator(
+        cpu=distributed.launched_on_cpu_processes(), mixed_precision=config.train.mixed_precision
+    )
+
+
+def data_kind(config: Config, run: RunDirectory | None = None, preprocessing: dict | None = None) -> DataKind:
+    """The data kind that reads `data.name` (see `DataKind` for `run` and `preprocessing`)."""
+    return data_kind_class(config.data.name)(config, run, preprocessing)
+
+
+def train_loader(
+    config: Config, data: TrainingData, num_processes: int
+) -> tuple[DataLoader, EpochSeededDataset]:
+    """The shuffled DataLoader of full batches, and its items seeded per (seed, epoch, index)."""
+    dataset = data.dataset
+    if len(dataset) < config.train.batch_size * num_processes:
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} × {num_processes} processes is larger than the "
+            f"{len(dataset)} training samples of {config.data.name}; lower train.batch_size"
+        )
+    items = EpochSeededDataset(dataset, config.seed)
+    loader = DataLoader(
+        items,
+        batch_size=config.train.batch_size,
+        shuffle=True,
+        drop_last=True,  # every step has the full number of negatives
+        num_workers=config.data.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=config.data.num_workers > 0,
+    )
+    return loader, items
+
+
+def encoders(config: Config, kind: DataKind, num_processes: int) -> tuple[nn.Module, nn.Module]:
+    """The encoder to save and evaluate, and the one to train (the same, or its compiled form).
+
+    Both share their parameters; the compiled one's state dict would name them `_orig_mod.*`.
+    """
+    encoder = kind.create_encoder()
+    if config.model.sync_bn and num_processes > 1:
+        encoder = nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
+    # The encoder only: the losses' loops and custom gradients gain nothing from compiling.
+    return encoder, torch.compile(encoder) if config.train.compile else encoder
+
+
+def loss(config: Config, dataset: Dataset) -> nn.Module:
+    """The loss `config.loss` names, with what it needs from the data (ArcFace: classes, dimension)."""
+    options = dict(config.loss.options)
+    if config.loss.supervised and dataset.targets.min() < 0:
+        raise ConfigError(
+            f"loss.supervised=true needs labels, but split {config.data.pretrain_split!r} of "
+            f"{config.data.name} has unlabelled samples; choose a labelled data.pretrain_split"
+        )
+    if config.loss.name == "arcface":
+        options.setdefault("num_classes", dataset.num_classes)
+        options.setdefault("embedding_dim", config.model.proj_dim)
+    try:
+        return create_loss(config.loss.name, **options)
+    except ValueError as error:
+        raise ConfigError(f"loss.name={config.loss.name}: {error}") from None
+
+
+def optimizer(config: Config, model: nn.Module, num_processes: int) -> tuple[torch.optim.Optimizer, float]:
+    """The optimiser of `model` at the peak learning rate the global batch scales `optim.lr` to."""
+    optim = config.optim
+    peak_lr = scale_lr(optim.lr, config.train.batch_size * num_processes, optim.lr_scaling)
+    built = create_optimizer(
+        model, optim.name, lr=peak_lr, weight_decay=optim.weight_decay, momentum=optim.momentum
+    )
+    return built, peak_lr
+
+
+def lr_schedule(config: Config, steps_per_epoch: int, peak_lr: float) -> LrSchedule:
+    """Warmup over `optim.warmup_epochs`, then cosine to 0 at `train.epochs` (or `train.max_steps`)."""
+    total_steps = config.train.epochs * steps_per_epoch
+    if config.train.max_steps is not None:
+        total_steps = min(total_steps, config.train.max_steps)
+    warmup_steps = round(config.optim.warmup_epochs * steps_per_epoch)
+    return LrSchedule(peak_lr=peak_lr, warmup_steps=warmup_steps, total_steps=total_steps)
+
+
+def online_evaluation(
+    config: Config, kind: DataKind, accelerator: Accelerator, backbone: nn.Module
+) -> Callable[[], dict] | None:
+    """The periodic evaluation of `log.knn_every`: kNN top-1 of the backbone on the test split."""
+    if config.log.knn_every <= 0:
+        return None
+    try:
+        bank, queries = kind.evaluation_dataset("train"), kind.evaluation_dataset("test")
+    except ConfigError as error:
+        raise ConfigError(f"log.knn_every needs labelled train and test splits: {error}") from None
+    return OnlineKNN(backbone, bank, queries, accelerator, bank_size=KNN_BANK_SIZE, query_count=KNN_QUERIES)

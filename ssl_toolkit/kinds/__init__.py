@@ -1,0 +1,21 @@
+"""Data kinds: what the engine and evaluation need from one kind of data (see `base.DataKind`)."""
+
+from ssl_toolkit.kinds.base import (
+    DATA_KINDS,
+    DataKind,
+    TrainingData,
+    data_kind_class,
+    kind_by_name,
+    register_data_kind,
+)
+from ssl_toolkit.kinds.image import ImageKind
+
+__all__ = [
+    "DATA_KINDS",
+    "DataKind",
+    "ImageKind",
+    "TrainingData",
+    "data_kind_class",
+    "kind_by_name",
+    "register_data_kind",
+]

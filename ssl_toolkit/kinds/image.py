@@ -1,0 +1,147 @@
+"""Images: the registered image datasets, SimCLR views, timm backbones, channels-last batches, view grids."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from ssl_toolkit.augment import (
+    BatchViews,
+    PerImageViews,
+    ViewParams,
+    common_size_transform,
+    eval_transform,
+    preset_views,
+    resolve_device,
+    view_grid,
+)
+from ssl_toolkit.config import ConfigError
+from ssl_toolkit.data import DATASETS, ImageDataset, NoReadableImagesError, create_dataset
+from ssl_toolkit.kinds.base import DataKind, TrainingData, register_data_kind
+from ssl_toolkit.models import EncoderSpec, create_encoder
+
+RAW_PIXELS_MAX_SIDE = 32  # larger images are area-averaged to 32 px, or ImageNet would give 150k-D "features"
+
+
+@register_data_kind
+class ImageKind(DataKind):
+    """Images as uint8 (C, H, W) tensors; `preprocessing()` is their size, channels, mean and std."""
+
+    name = "image"
+    baseline = "raw_pixels"
+    load_errors = (*DataKind.load_errors, NoReadableImagesError)
+
+    @classmethod
+    def dataset_names(cls) -> list[str]:
+        return list(DATASETS)
+
+    def load_split(self, split: str) -> ImageDataset:
+        data = self.config.data
+        options = {}
+        if data.name == "imagefolder" and self._preprocessing is not None:
+            # imagefolder decides channels from a split's first image; the encoder expects the run's.
+            options["channels"] = self._preprocessing["channels"]
+        pretraining = self.run is not None and split == data.pretrain_split
+        return create_dataset(
+            data.name,
+            data.root,
+            split,
+            download=data.download,
+            unreadable_log=self.run.unreadable_inputs if pretraining else None,
+            **options,
+        )
+
+    def measure_preprocessing(self) -> dict:
+        dataset = self.pretraining_dataset()
+        mean, std = dataset.channel_stats()
+        return {
+            "image_size": self.config.data.image_size,
+            "channels": dataset.channels,
+            "mean": mean,
+            "std": std,
+        }
+
+    # -- pretraining --------------------------------------------------------------------------------------
+    def view_params(self) -> list[ViewParams]:
+        """The views that `config.augment` asks for, as its preset resolves them for these images."""
+        augment, stats = self.config.augment, self.preprocessing()
+        try:
+            return preset_views(
+                augment.preset,
+                image_size=self.config.data.image_size,
+                channels=stats["channels"],
+                mean=stats["mean"],
+                std=stats["std"],
+                n_views=augment.n_views,
+                strength=augment.strength,
+                min_scale=augment.min_scale,
+                flip_p=augment.flip_p,
+                blur_p=augment.blur_p,
+                solarize_p=augment.solarize_p,
+                small_crops=augment.small_crops,
+                small_size=augment.small_size,
+            )
+        except ValueError as error:
+            raise ConfigError(f"augment: {error}") from None
+
+    def training_data(self, dataset: ImageDataset, device: torch.device) -> TrainingData:
+        views = self.view_params()
+        if resolve_device(self.config.augment.device) == "gpu":
+            # Workers only decode; views are made from whole uint8 batches on the accelerator.
+            resize = None if dataset.fixed_size else common_size_transform(self.config.data.image_size)
+            return TrainingData(dataset.with_transform(resize), BatchViews(views).to(device))
+        return TrainingData(dataset.with_transform(PerImageViews(views)))
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.config.train.channels_last else torch.contiguous_format
+
+    def prepare_batch(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [view.contiguous(memory_format=self.memory_format) for view in views]
+
+    def view_summary(self, views: list[torch.Tensor]) -> torch.Tensor:
+        stats = self.preprocessing()
+        return view_grid([view.detach().float().cpu() for view in views], stats["mean"], stats["std"])
+
+    # -- the encoder --------------------------------------------------------------------------------------
+    def encoder_spec(self) -> EncoderSpec:
+        model = self.config.model
+        return EncoderSpec(
+            backbone=model.backbone,
+            in_chans=self.preprocessing()["channels"],
+            cifar_stem=model.cifar_stem,
+            backbone_args=model.backbone_args,
+            proj_hidden_dim=model.proj_hidden_dim,
+            proj_dim=model.proj_dim,
+        )
+
+    @classmethod
+    def spec_from_dict(cls, spec: dict) -> EncoderSpec:
+        return EncoderSpec(**spec)
+
+    @classmethod
+    def build_encoder(cls, spec: EncoderSpec | dict) -> nn.Module:
+        return create_encoder(spec if isinstance(spec, EncoderSpec) else cls.spec_from_dict(spec))
+
+    def create_encoder(self) -> nn.Module:
+        return super().create_encoder().to(memory_format=self.memory_format)
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    @classmethod
+    def evaluation_transform(cls, preprocessing: dict) -> Callable:
+        return eval_transform(preprocessing["image_size"], preprocessing["mean"], preprocessing["std"])
+
+    def evaluation_dataset(self, split: str) -> Dataset:
+        return self.dataset(split).with_transform(self.evaluation_transform(self.preprocessing()))
+
+    def baseline_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        if max(inputs.shape[-2:]) > RAW_PIXELS_MAX_SIDE:
+            inputs = F.adaptive_avg_pool2d(inputs, RAW_PIXELS_MAX_SIDE)
+        return inputs.flatten(1)
+
+    def cache_key(self) -> dict:
+        return {**super().cache_key(), "image_size": self.config.data.image_size}
