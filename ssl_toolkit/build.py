@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_toolkit import distributed
 from ssl_toolkit.config import Config, ConfigError
-from ssl_toolkit.data.epoch_seeded import EpochSeededDataset
+from ssl_toolkit.training.epoch_seeded import EpochSeededDataset
 from ssl_toolkit.eval.online import OnlineKNN
 from ssl_toolkit.kinds import DataKind, TrainingData, data_kind_class
 from ssl_toolkit.losses import create_loss

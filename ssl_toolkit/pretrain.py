@@ -15,7 +15,6 @@ from accelerate.utils import set_seed
 
 from ssl_toolkit import build
 from ssl_toolkit.config import Config, ConfigError, load_config, save_config
-from ssl_toolkit.encoder_file import save_encoder
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training.checkpoint import resumable_batches, resume, save_checkpoint
 from ssl_toolkit.training.guard import NonFiniteGuard, TrainingDiverged
@@ -57,13 +56,7 @@ def pretrain(config: Config) -> Path:
         f"{schedule.total_steps} steps, peak lr {peak_lr:.4g}, run directory {run.path}"
     )
     log = RunLog(
-        accelerator,
-        config,
-        run,
-        steps_per_epoch=len(loader),
-        total_steps=schedule.total_steps,
-        start_step=progress.step,
-        view_summary=kind.view_summary,
+        accelerator, config, run, len(loader), schedule.total_steps, progress.step, kind.view_summary
     )
     objective.train()
     for inputs, targets in resumable_batches(accelerator, loader, items, progress, schedule.total_steps):
@@ -99,15 +92,7 @@ def pretrain(config: Config) -> Path:
 
     save_checkpoint(accelerator, run, progress.step)
     if accelerator.is_main_process:
-        data_info = {"name": config.data.name, **kind.preprocessing()}
-        save_encoder(
-            encoder,
-            run.encoder,
-            spec=kind.encoder_spec(),
-            kind=kind.name,
-            preprocessing=kind.preprocessing(),
-            extra={"step": progress.step, "data": data_info},
-        )
+        kind.save_encoder(encoder, run.encoder, step=progress.step)
     log.finish(progress.step, config.views_per_sample)
     return run.path
 

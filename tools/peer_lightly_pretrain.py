@@ -30,7 +30,6 @@ from torchvision.transforms.v2.functional import to_pil_image
 
 from ssl_toolkit import build
 from ssl_toolkit.config import load_config, save_config
-from ssl_toolkit.encoder_file import save_encoder
 from ssl_toolkit.eval.knn_report import run_knn
 from ssl_toolkit.eval.probe import run_probe
 from ssl_toolkit.optim import warmup_cosine_lr
@@ -133,14 +132,7 @@ def main() -> None:
     seconds = time.perf_counter() - started
 
     save_config(config, run.config)
-    save_encoder(
-        encoder,
-        run.encoder,
-        spec=kind.encoder_spec(),
-        kind=kind.name,
-        preprocessing=kind.preprocessing(),
-        extra={"step": steps, "data": {"name": config.data.name, **kind.preprocessing()}},
-    )
+    kind.save_encoder(encoder, run.encoder, step=steps)
     probe = run_probe(run.path)
     knn = run_knn(run.path)
     row = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ssl_toolkit.config import Config, ConfigError
+from ssl_toolkit.encoder_file import save_encoder
 from ssl_toolkit.run_dir import RunDirectory
 
 
@@ -119,6 +121,19 @@ class DataKind(ABC):
             return self.build_encoder(self.encoder_spec())
         except ValueError as error:
             raise ConfigError(str(error)) from None
+
+    def save_encoder(self, encoder: nn.Module, path: Path, **extra) -> None:
+        """Write `encoder` with this kind's spec and preprocessing, the dataset and `extra` (e.g. step)."""
+        preprocessing = self.preprocessing()
+        data = {"name": self.config.data.name, **preprocessing}
+        save_encoder(
+            encoder,
+            path,
+            spec=self.encoder_spec(),
+            kind=self.name,
+            preprocessing=preprocessing,
+            extra={**extra, "data": data},
+        )
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def preprocessing(self) -> dict:

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from ssl_toolkit.config import ConfigError
-from ssl_toolkit.data.epoch_seeded import EpochSeededDataset
+from ssl_toolkit.training.epoch_seeded import EpochSeededDataset
 from ssl_toolkit.run_dir import RunDirectory
 
 CHECKPOINTS_KEPT = 2

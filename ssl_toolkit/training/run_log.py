@@ -39,7 +39,6 @@ class RunLog:
         accelerator: Accelerator,
         config: Config,
         run: RunDirectory,
-        *,
         steps_per_epoch: int,
         total_steps: int,
         start_step: int,
