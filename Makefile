@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint clean data
+.PHONY: demo test test-fast clean data
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(STAMP) data
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# The suite without the tests marked slow (subprocesses, several processes, torch.compile, the wheel build).
+test-fast: $(STAMP) data
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,0 +1,62 @@
+"""A wheel built from the repository works outside it: packaged recipes, the command, the version."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from pretraining_runs import REPO
+
+from ssl_toolkit import __version__
+from ssl_toolkit.run_dir import RunDirectory
+
+
+def _run(command: list, cwd: Path) -> str:
+    result = subprocess.run([str(part) for part in command], capture_output=True, text=True, cwd=cwd)
+    assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_packaged_quickstart(tmp_path):
+    # Built from a copy, so that the build writes nothing into the repository.
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO / "ssl_toolkit", source / "ssl_toolkit", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    pip = [sys.executable, "-m", "pip"]
+    _run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", source], tmp_path
+    )
+    (wheel,) = (tmp_path / "dist").glob("ssl_toolkit-*.whl")
+
+    # A fresh venv that sees the test environment's packages (torch, timm, ...) but not its ssl_toolkit:
+    # a path line in a .pth file adds the folder without running the editable install's own .pth hook.
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", venv], tmp_path)
+    python = venv / "bin" / "python"
+    purelib = Path(
+        _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path).strip()
+    )
+    (purelib / "test_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    _run([*pip, "--python", python, "install", "--no-deps", "--no-index", "-q", wheel], tmp_path)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    location = _run([python, "-c", "import ssl_toolkit; print(ssl_toolkit.__file__)"], elsewhere)
+    assert Path(location.strip()).is_relative_to(venv)
+    command = venv / "bin" / "ssl-toolkit"
+    assert _run([command, "--version"], elsewhere).strip() == f"ssl-toolkit {__version__}"
+    listing = _run([command, "recipes"], elsewhere)
+    assert "quickstart" in listing and "imagenet_simclr_resnet50" in listing
+    _run(
+        [command, "pretrain", "quickstart", "train.max_steps=2", "log.trackers=[]", "log.every=1"], elsewhere
+    )
+    run = RunDirectory(elsewhere / "runs" / "quickstart")
+    assert [record["step"] for record in run.read_metrics()] == [1, 2] and run.encoder.is_file()
