@@ -9,26 +9,25 @@ import sys
 from pathlib import Path
 
 import pytest
+from pretraining_runs import QUICKSTART, records
 
-REPO = Path(__file__).resolve().parent.parent
 REFERENCE = Path(__file__).resolve().parent / "reference" / "quickstart_20_steps.jsonl"
 
 
+@pytest.mark.slow
 def test_quickstart_reproduces_the_recorded_20_losses(tmp_path):
     # The recorded run used torch's default 2 threads on 2 cores; the thread count changes how reductions
     # are split, and 20 steps of training amplify that rounding, so it is pinned here.
     environment = {**os.environ, "OMP_NUM_THREADS": "2"}
     command = [
-        sys.executable, "-m", "ssl_toolkit.pretrain", str(REPO / "recipes" / "quickstart.yaml"),
+        sys.executable, "-m", "ssl_toolkit.pretrain", str(QUICKSTART),
         "train.max_steps=20", "log.every=1", "seed=0", "log.knn_every=0", "log.trackers=[]",
         f"run.output_dir={tmp_path}",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     recorded = [json.loads(line) for line in REFERENCE.read_text().splitlines()]
-    produced = [
-        json.loads(line) for line in (tmp_path / "quickstart" / "metrics.jsonl").read_text().splitlines()
-    ]
+    produced = records(tmp_path / "quickstart")
     assert [r["step"] for r in produced] == list(range(1, 21))
     for old, new in zip(recorded, produced, strict=True):
         assert new["loss"] == pytest.approx(old["loss"], rel=1e-6), f"step {old['step']}"

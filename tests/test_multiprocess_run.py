@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from ssl_toolkit.cli import main as cli_main
 from ssl_toolkit.eval.features import extract_features
 from ssl_toolkit.eval.run import EvaluationRun, frozen_embedding
+from ssl_toolkit.run_dir import RunDirectory
 
 LAUNCH = [
     sys.executable, "-m", "accelerate.commands.launch",
@@ -45,14 +46,14 @@ def test_accelerate_launch_two_processes_then_evaluate(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("kNN on") == 1  # reported by the main process only
-    knn = json.loads((run_dir / "knn.json").read_text())
+    knn = json.loads(RunDirectory(run_dir).knn.read_text())
     assert (knn["num_train"], knn["num_test"]) == (1347, 450)
-    cached = load_file(str(run_dir / "features" / "backbone_test.safetensors"))
+    cached = load_file(str(RunDirectory(run_dir).features / "backbone_test.safetensors"))
     run = EvaluationRun(run_dir)
     single = extract_features(frozen_embedding(run.encoder, "backbone"), run.test_set, Accelerator(cpu=True))
     torch.testing.assert_close(cached["features"], single[0], rtol=1e-5, atol=1e-5)
     assert torch.equal(cached["targets"], single[1])
 
     assert cli_main(["probe", str(run_dir)]) == 0
-    probe = json.loads((run_dir / "probe.json").read_text())
+    probe = json.loads(RunDirectory(run_dir).probe.read_text())
     assert {"top1", "top5", "auroc", "num_train", "num_test", "feature_dim", "features"} <= probe.keys()

@@ -18,6 +18,7 @@ from ssl_toolkit.config import load_config
 from ssl_toolkit.data import DATASETS
 from ssl_toolkit.losses import NTXentLoss, create_loss
 from ssl_toolkit.optim import scale_lr
+from ssl_toolkit.run_dir import RunDirectory
 
 RECIPE_DIR = REPO / "recipes"
 ACCELERATE_DIR = RECIPE_DIR / "accelerate"
@@ -167,8 +168,8 @@ def test_fashion_mnist_recipe_runs_a_real_step_on_cpu(recipe, tmp_path):
     run_dir = pretrain_tiny(tmp_path, config=load_config(recipe, overrides))
     logged = records(run_dir)
     assert logged and logged[-1]["step"] == 1 and math.isfinite(logged[-1]["loss"])
-    assert (run_dir / "encoder.safetensors").is_file()
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert RunDirectory(run_dir).encoder.is_file()
+    saved = yaml.safe_load(RunDirectory(run_dir).config.read_text())
     written = yaml.safe_load(recipe.read_text())["loss"]
     assert saved["data"]["name"] == "fashion_mnist" and saved["loss"] == {"supervised": False, **written}
 

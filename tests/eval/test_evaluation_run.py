@@ -16,6 +16,7 @@ from ssl_toolkit.data import create_dataset
 from ssl_toolkit.encoder_file import load_encoder
 from ssl_toolkit.eval.features import FeatureCache, extract_features
 from ssl_toolkit.eval.run import EvaluationRun, frozen_embedding
+from ssl_toolkit.run_dir import RunDirectory
 
 
 def _digest(path):
@@ -27,7 +28,7 @@ def _state(module):
 
 
 def test_feature_extraction_leaves_the_encoder_bit_identical(tiny_run):
-    trained = load_encoder(tiny_run / "encoder.safetensors")
+    trained = load_encoder(RunDirectory(tiny_run).encoder)
     encoder, stats = trained.encoder, trained.preprocessing
     digits = create_dataset("digits", None, "test").with_transform(
         eval_transform(8, stats["mean"], stats["std"])
@@ -56,7 +57,7 @@ def test_evaluation_keeps_the_encoder_equal_to_its_file(tiny_run, tmp_path):
     run.encoder.train()  # as a caller might leave it
     for kind in ("backbone", "projection"):
         run.features(kind, "train")
-    saved = load_file(str(run_dir / "encoder.safetensors"))
+    saved = load_file(str(RunDirectory(run_dir).encoder))
     state = run.encoder.state_dict()
     assert saved.keys() == state.keys()
     for name, value in saved.items():
@@ -67,10 +68,10 @@ def test_probe_and_knn_leave_the_encoder_file_unchanged(tiny_run):
     from ssl_toolkit.eval.knn_report import run_knn
     from ssl_toolkit.eval.probe import run_probe
 
-    before = _digest(tiny_run / "encoder.safetensors")
+    before = _digest(RunDirectory(tiny_run).encoder)
     run_probe(tiny_run, features="both")
     run_knn(tiny_run)
-    assert _digest(tiny_run / "encoder.safetensors") == before
+    assert _digest(RunDirectory(tiny_run).encoder) == before
 
 
 def test_cache_round_trip_and_key_mismatch(tmp_path):
@@ -95,7 +96,7 @@ def test_features_are_cached_and_recomputed_when_the_encoder_changes(tiny_run, t
     run_dir = tmp_path / "copy"
     shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("features"))
     first = EvaluationRun(run_dir).features("backbone", "test")
-    assert (run_dir / "features" / "backbone_test.safetensors").is_file()
+    assert (RunDirectory(run_dir).features / "backbone_test.safetensors").is_file()
 
     def fail(*args, **kwargs):
         raise AssertionError("features were extracted again instead of read from the cache")
@@ -106,7 +107,7 @@ def test_features_are_cached_and_recomputed_when_the_encoder_changes(tiny_run, t
     assert torch.equal(cached[0], first[0]) and torch.equal(cached[1], first[1])
 
     # Another encoder in the same run directory (e.g. pretraining continued): the cache is stale.
-    weights_path = run_dir / "encoder.safetensors"
+    weights_path = RunDirectory(run_dir).encoder
     from safetensors import safe_open
 
     with safe_open(str(weights_path), framework="pt") as handle:

@@ -10,6 +10,7 @@ from ssl_toolkit.cli import main as cli_main
 from ssl_toolkit.eval.knn import knn_scores, knn_top1
 from ssl_toolkit.eval.knn_report import run_knn
 from ssl_toolkit.eval.run import EvaluationRun
+from ssl_toolkit.run_dir import RunDirectory
 
 
 def test_scores_match_a_loop_over_neighbours():
@@ -47,7 +48,7 @@ def test_arguments_are_checked():
 def test_knn_command_writes_knn_json(tiny_run, capsys):
     assert cli_main(["knn", str(tiny_run), "--k", "20"]) == 0
     assert "top-1" in capsys.readouterr().out
-    written = json.loads((tiny_run / "knn.json").read_text())
+    written = json.loads(RunDirectory(tiny_run).knn.read_text())
     assert {
         "top1",
         "top5",
@@ -68,7 +69,7 @@ def test_knn_command_writes_knn_json(tiny_run, capsys):
 def test_knn_defaults_are_instdisc_and_bad_arguments_are_named(tiny_run):
     assert (
         run_knn(tiny_run)["k"] == 200
-        and json.loads((tiny_run / "knn.json").read_text())["temperature"] == 0.07
+        and json.loads(RunDirectory(tiny_run).knn.read_text())["temperature"] == 0.07
     )
     from ssl_toolkit.config import ConfigError
 

@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 from ssl_toolkit.eval.linear_probe import fit_logistic_regression, train_linear_probe
 from ssl_toolkit.eval.metrics import classification_report, macro_auroc, top_k_accuracy
 from ssl_toolkit.eval.probe import run_probe
+from ssl_toolkit.run_dir import RunDirectory
 
 
 def _blobs(n_per_class, num_classes, dim, separation, noise_seed):
@@ -68,7 +69,7 @@ def test_metrics_agree_with_scikit_learn():
 
 def test_probe_command_writes_probe_json(tiny_run):
     result = run_probe(tiny_run, baselines=True)
-    written = json.loads((tiny_run / "probe.json").read_text())
+    written = json.loads(RunDirectory(tiny_run).probe.read_text())
     assert written["top1"] == result["top1"]
     required = {"top1", "top5", "auroc", "num_train", "num_test", "feature_dim", "features"}
     assert required | {"random_init_top1", "raw_pixels_top1"} <= written.keys()
@@ -85,7 +86,7 @@ def test_probe_of_both_features_reports_h_and_z(tiny_run):
     projection = result["projection"]
     assert projection["features"] == "projection" and projection["feature_dim"] == 16  # model.proj_dim
     assert {"top1", "top5", "auroc", "confusion_matrix"} <= projection.keys()
-    assert json.loads((tiny_run / "probe.json").read_text())["projection"]["top1"] == projection["top1"]
+    assert json.loads(RunDirectory(tiny_run).probe.read_text())["projection"]["top1"] == projection["top1"]
 
 
 def test_unknown_feature_choice_is_a_clear_error(tiny_run):
