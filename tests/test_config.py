@@ -110,3 +110,19 @@ def test_mistyped_key_stops_the_command_with_a_message_and_no_traceback():
     assert result.returncode == 2
     assert "train.bath_size" in result.stderr and "train.batch_size" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_docs_config_md_describes_every_key():
+    import dataclasses
+
+    from ssl_toolkit.config import SECTIONS, Config
+
+    documented = (REPO / "docs" / "config.md").read_text()
+    keys = ["seed"] + [
+        f"{section}.{field.name}"
+        for section in SECTIONS
+        for field in dataclasses.fields(getattr(Config(), section))
+        if field.name != "options"  # the loss's own arguments, described in docs/losses.md
+    ]
+    missing = [key for key in keys if f"`{key}`" not in documented]
+    assert not missing, f"docs/config.md does not describe {missing}"

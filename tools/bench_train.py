@@ -8,7 +8,7 @@ SSL step: two views made from a uint8 batch by the batch view pipeline (`BatchVi
 both embedded in one forward of backbone + projection head, NT-Xent, backward, optimiser step.
 Supervised step: one view of the same pipeline, the same backbone + a linear classifier, cross-entropy,
 backward, optimiser step. Both get the same batch of B images; the SSL step processes 2B views, so the
-figure to compare is views/s (the issue's "images/s per view"). Each step kind runs in its own subprocess so
+figure to compare is views/s (images/s per view). Each step kind runs in its own subprocess so
 its peak memory is its own: CUDA max_memory_allocated, or on CPU the rise of the resident set (VmHWM) over
 the resident set before the first step.
 """
