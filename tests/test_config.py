@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,27 @@ def test_bad_values_are_rejected_with_the_key(override, named):
         load_config(QUICKSTART, [override])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["train.grad_cache_chunk=-1"], "train.grad_cache_chunk"),
+        (["augment.n_views=3"], "loss.name=ntxent takes exactly 2 views"),
+        (["augment.small_crops=2"], "loss.name=ntxent takes exactly 2 views"),
+        (["loss.supervised=true"], "loss.supervised=true needs a label-based loss"),
+        (["loss.name=arcface"], "loss.name=arcface needs class labels"),
+        (["optim.lr=-1"], "optim.lr"),
+        (["log.knn_every=-1"], "log.knn_every"),
+    ],
+)
+def test_rules_that_need_only_the_config_fail_in_load_config(overrides, named, monkeypatch):
+    # Nothing is built: an Accelerator or a dataset here would mean the rule came too late.
+    import accelerate
+
+    monkeypatch.setattr(accelerate, "Accelerator", None)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_config(None, overrides)  # the defaults: SimCLR's NT-Xent on 2 views
+
+
 def test_unknown_key_in_a_recipe_names_the_file(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("train:\n  epoch: 3\n")
@@ -82,6 +104,13 @@ def test_unknown_key_in_a_recipe_names_the_file(tmp_path):
 def test_missing_recipe():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(REPO / "recipes" / "nope.yaml")
+
+
+def test_a_packaged_recipe_is_found_by_its_name():
+    assert to_dict(load_config("quickstart")) == to_dict(load_config(QUICKSTART))
+    assert to_dict(load_config("quickstart.yaml")) == to_dict(load_config(QUICKSTART))
+    with pytest.raises(ConfigError, match="quickstart"):  # the message lists the packaged recipes
+        load_config("quickstrat")
 
 
 def test_saved_config_loads_back_identically(tmp_path):

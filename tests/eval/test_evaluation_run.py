@@ -161,3 +161,23 @@ def test_results_and_plot_reach_the_runs_wandb_summary(tmp_path):
     assert summary["knn/top1"] == pytest.approx(knn["top1"])
     assert summary["tsne/backbone"]["_type"] == "image-file"
     assert list((run_dir / "wandb").glob("offline-run-*/files/media/images/tsne/backbone_*.png"))
+
+
+def test_features_without_an_accelerator_equal_those_with_one(tiny_run):
+    trained = load_encoder(RunDirectory(tiny_run).encoder)
+    digits = create_dataset("digits", None, "test").with_transform(trained.transform())
+    plain = extract_features(trained.backbone, digits, batch_size=100)
+    accelerated = extract_features(trained.backbone, digits, Accelerator(cpu=True), batch_size=100)
+    torch.testing.assert_close(plain[0], accelerated[0])
+    assert torch.equal(plain[1], accelerated[1]) and plain[0].shape == (450, trained.feature_dim)
+
+
+def test_the_encoder_transform_takes_pil_images_and_tensors_alike(tiny_run):
+    from torchvision.transforms.v2.functional import to_pil_image
+
+    trained = load_encoder(RunDirectory(tiny_run).encoder)
+    transform = trained.transform()
+    image, _ = create_dataset("digits", None, "test").load_image(0)
+    torch.testing.assert_close(transform(to_pil_image(image)), transform(image))
+    rgb = to_pil_image(image.expand(3, -1, -1))  # a colour file for a grayscale encoder
+    assert transform(rgb).shape == (1, 8, 8)
