@@ -16,12 +16,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_toolkit import distributed
 from ssl_toolkit.config import Config, ConfigError
-from ssl_toolkit.training.epoch_seeded import EpochSeededDataset
 from ssl_toolkit.eval.online import OnlineKNN
 from ssl_toolkit.kinds import DataKind, TrainingData, data_kind_class
 from ssl_toolkit.losses import create_loss
 from ssl_toolkit.optim import LrSchedule, create_optimizer, scale_lr
 from ssl_toolkit.run_dir import RunDirectory
+from ssl_toolkit.training.epoch_seeded import EpochSeededDataset
 
 KNN_BANK_SIZE = 10_000  # train items the online kNN's neighbours come from
 KNN_QUERIES = 2_000  # test items it classifies

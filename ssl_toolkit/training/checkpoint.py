@@ -11,8 +11,8 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from ssl_toolkit.config import ConfigError
-from ssl_toolkit.training.epoch_seeded import EpochSeededDataset
 from ssl_toolkit.run_dir import RunDirectory
+from ssl_toolkit.training.epoch_seeded import EpochSeededDataset
 
 CHECKPOINTS_KEPT = 2
 
