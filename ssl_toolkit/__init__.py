@@ -21,18 +21,8 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ssl_toolkit.losses": (
-        "LOSSES",
-        "ArcFaceLoss",
-        "ColesLoss",
-        "ContrastiveLoss",
-        "NTXentLoss",
-        "SigmoidLoss",
-        "SupConLoss",
-        "TripletLoss",
-        "create_loss",
-        "loss_over_views",
-    ),
+    "ssl_toolkit.losses": ("LOSSES", "create_loss", "loss_over_views", "NTXentLoss", "SupConLoss")
+    + ("ColesLoss", "TripletLoss", "ContrastiveLoss", "SigmoidLoss", "ArcFaceLoss"),
     "ssl_toolkit.augment": ("BatchViews", "PerImageViews", "ViewParams", "eval_transform", "preset_views"),
     "ssl_toolkit.data": ("DATASETS", "create_dataset"),
     "ssl_toolkit.models": ("Encoder", "EncoderSpec", "ProjectionHead", "create_encoder"),
