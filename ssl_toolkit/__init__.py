@@ -20,21 +20,23 @@ import importlib
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "ssl_toolkit.losses": ("LOSSES", "create_loss", "loss_over_views", "NTXentLoss", "SupConLoss")
-    + ("ColesLoss", "TripletLoss", "ContrastiveLoss", "SigmoidLoss", "ArcFaceLoss"),
-    "ssl_toolkit.augment": ("BatchViews", "PerImageViews", "ViewParams", "eval_transform", "preset_views"),
-    "ssl_toolkit.data": ("DATASETS", "create_dataset"),
-    "ssl_toolkit.models": ("Encoder", "EncoderSpec", "ProjectionHead", "create_encoder"),
-    "ssl_toolkit.encoder_file": ("TrainedEncoder", "load_encoder", "save_encoder"),
-    "ssl_toolkit.eval.features": ("extract_features",),
-    "ssl_toolkit.eval.linear_probe": ("evaluate_linear_probe",),
-    "ssl_toolkit.eval.knn": ("knn_scores", "knn_top1"),
-    "ssl_toolkit.config": ("load_config",),
-    "ssl_toolkit.run_dir": ("RunDirectory",),
-    "ssl_toolkit.kinds": ("DataKind", "register_data_kind"),
+_EXPORTS = {  # module: the names it gives the top level
+    "ssl_toolkit.losses": (
+        "LOSSES create_loss loss_over_views NTXentLoss SupConLoss "
+        "ColesLoss TripletLoss ContrastiveLoss SigmoidLoss ArcFaceLoss"
+    ),
+    "ssl_toolkit.augment": "BatchViews PerImageViews ViewParams eval_transform preset_views",
+    "ssl_toolkit.data": "DATASETS create_dataset",
+    "ssl_toolkit.models": "Encoder EncoderSpec ProjectionHead create_encoder",
+    "ssl_toolkit.encoder_file": "TrainedEncoder load_encoder save_encoder",
+    "ssl_toolkit.eval.features": "extract_features",
+    "ssl_toolkit.eval.linear_probe": "evaluate_linear_probe",
+    "ssl_toolkit.eval.knn": "knn_scores knn_top1",
+    "ssl_toolkit.config": "load_config",
+    "ssl_toolkit.run_dir": "RunDirectory",
+    "ssl_toolkit.kinds": "DataKind register_data_kind",
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names.split()}
 
 __all__ = ["__version__", *sorted(_MODULE_OF)]
 
