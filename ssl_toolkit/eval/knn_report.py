@@ -59,6 +59,6 @@ def run_knn(
         features=features,
         seconds=time.perf_counter() - started,
     )
-    run.run.knn.write_text(json.dumps(result, indent=2) + "\n")
+    run.directory.knn.write_text(json.dumps(result, indent=2) + "\n")
     run.publish({f"knn/{key}": result[key] for key in ("top1", "top5", "k") if key in result})
     return result

@@ -54,7 +54,7 @@ def run_probe(
         for baseline in (RANDOM_INIT, run.baseline):
             result[f"{baseline}_top1"] = probe(baseline)["top1"]
     result["seconds"] = time.perf_counter() - started
-    run.run.probe.write_text(json.dumps(result, indent=2) + "\n")
+    run.directory.probe.write_text(json.dumps(result, indent=2) + "\n")
 
     summary_keys = (*SUMMARY_KEYS, f"{RANDOM_INIT}_top1", f"{run.baseline}_top1")
     summary = {f"probe/{key}": value for key, value in result.items() if key in summary_keys}

@@ -41,12 +41,11 @@ class EvaluationRun:
     def __init__(
         self, run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), *, batch_size: int = 256
     ):
-        self.run = RunDirectory(run_dir)
-        self.run_dir = self.run.path
-        self.config = load_run_config(self.run_dir, overrides)
+        self.directory = RunDirectory(run_dir)
+        self.config = load_run_config(self.directory.path, overrides)
         self.batch_size = batch_size
         try:
-            self.trained = load_encoder(self.run.encoder)
+            self.trained = load_encoder(self.directory.encoder)
         except FileNotFoundError as error:
             raise ConfigError(str(error)) from None
         self.encoder, self.spec = self.trained.encoder, self.trained.spec
@@ -58,7 +57,7 @@ class EvaluationRun:
         self.accelerator = build.evaluation_accelerator(self.config)
         self.train_set = self.kind.evaluation_dataset("train")
         self.test_set = self.kind.evaluation_dataset("test")
-        self.cache = FeatureCache(self.run.features)
+        self.cache = FeatureCache(self.directory.features)
 
     @property
     def baseline(self) -> str:
@@ -88,7 +87,7 @@ class EvaluationRun:
     @functools.cached_property
     def encoder_digest(self) -> str:
         digest = hashlib.sha256()
-        with self.run.encoder.open("rb") as handle:
+        with self.directory.encoder.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
@@ -144,7 +143,7 @@ class EvaluationRun:
         """Add `summary` (and images) to the run's W&B run from the main process (see `tracking.publish`)."""
         if not self.is_main_process:
             return False
-        return tracking.publish(self.config, self.run, summary, images)
+        return tracking.publish(self.config, self.directory, summary, images)
 
 
 def frozen_embedding(encoder: nn.Module, features: str):

@@ -89,7 +89,7 @@ def run_plot(
         f"{run.config.run.name}: t-SNE of {len(chosen):,} test {feature_name} features "
         f"({test_x.shape[1]}-D), {run.config.data.name}"
     )
-    path = draw_map(points, test_y[chosen].numpy(), run.classes, title, run.run.tsne(features))
+    path = draw_map(points, test_y[chosen].numpy(), run.classes, title, run.directory.tsne(features))
     run.publish(
         {f"tsne/{features}_seconds": time.perf_counter() - started}, images={f"tsne/{features}": path}
     )
