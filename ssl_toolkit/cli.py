@@ -29,12 +29,10 @@ def _probe(args: argparse.Namespace) -> int:
     lines.append(line("pretrained encoder", result))
     if "projection" in result:
         lines.append(line(f"projection z (dim {result['projection']['feature_dim']})", result["projection"]))
-    if args.baselines:
-        lines.append(f"  {'same backbone, untrained':<26}top-1 {100 * result['random_init_top1']:.2f}%")
-        for key in result:
-            if key.endswith("_top1") and key != "random_init_top1":  # the data kind's raw baseline
-                label = key.removesuffix("_top1").replace("_", " ")
-                lines.append(f"  {label:<26}top-1 {100 * result[key]:.2f}%")
+    labels = {"random_init": "same backbone, untrained"}  # the data kind's raw baseline reads as its name
+    for baseline in result.get("baselines", []):
+        label = labels.get(baseline, baseline.replace("_", " "))
+        lines.append(f"  {label:<26}top-1 {100 * result[f'{baseline}_top1']:.2f}%")
     lines.append(f"  written to {args.run_dir}/probe.json")
     print("\n".join(lines))
     return 0

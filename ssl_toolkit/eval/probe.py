@@ -51,7 +51,8 @@ def run_probe(
     if features == "both":
         result["projection"] = {**probe("projection"), "features": "projection"}
     if baselines:
-        for baseline in (RANDOM_INIT, run.baseline):
+        result["baselines"] = [RANDOM_INIT, run.baseline]
+        for baseline in result["baselines"]:
             result[f"{baseline}_top1"] = probe(baseline)["top1"]
     result["seconds"] = time.perf_counter() - started
     run.directory.probe.write_text(json.dumps(result, indent=2) + "\n")

@@ -78,6 +78,16 @@ def test_probe_command_writes_probe_json(tiny_run):
     for key in ("top1", "top5", "random_init_top1", "raw_pixels_top1"):
         assert 0.1 < written[key] <= 1.0  # far above chance on digits, even untrained
     assert written["raw_pixels_top1"] > 0.8
+    assert written["baselines"] == ["random_init", "raw_pixels"]
+
+
+def test_probe_command_prints_each_baseline(tiny_run, capsys):
+    from ssl_toolkit.cli import main
+
+    assert main(["probe", str(tiny_run), "--baselines"]) == 0
+    printed = capsys.readouterr().out
+    assert "pretrained encoder" in printed and "same backbone, untrained" in printed
+    assert "raw pixels" in printed and "probe.json" in printed
 
 
 def test_probe_of_both_features_reports_h_and_z(tiny_run):
