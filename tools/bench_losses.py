@@ -521,7 +521,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sizes", type=int, nargs="+", default=[2048, 8192, 16384], help="numbers N of embeddings"
     )
     parser.add_argument(
-        "--losses", nargs="+", choices=ALL_LOSSES, help="subset to run (default: all that import)"
+        "--losses", nargs="+", choices=ALL_LOSSES, help="subset to run (default: all)"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--dim", type=int, default=128, help="embedding dimension")
