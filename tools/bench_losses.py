@@ -520,9 +520,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sizes", type=int, nargs="+", default=[2048, 8192, 16384], help="numbers N of embeddings"
     )
-    parser.add_argument(
-        "--losses", nargs="+", choices=ALL_LOSSES, help="subset to run (default: all)"
-    )
+    parser.add_argument("--losses", nargs="+", choices=ALL_LOSSES, help="subset to run (default: all)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--dim", type=int, default=128, help="embedding dimension")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per case (median reported)")
