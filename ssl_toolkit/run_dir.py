@@ -30,13 +30,6 @@ class RunDirectory:
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.path)!r})"
 
-    def __fspath__(self) -> str:
-        return str(self.path)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
     @property
     def config(self) -> Path:
         return self.path / "config.yaml"

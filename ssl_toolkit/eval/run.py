@@ -49,11 +49,7 @@ class EvaluationRun:
         except FileNotFoundError as error:
             raise ConfigError(str(error)) from None
         self.encoder, self.spec = self.trained.encoder, self.trained.spec
-        # The run's preprocessing, at the size the (possibly overridden) config asks for.
-        preprocessing = dict(self.trained.preprocessing)
-        if "image_size" in preprocessing:
-            preprocessing["image_size"] = self.config.data.image_size
-        self.kind = build.data_kind(self.config, preprocessing=preprocessing)
+        self.kind = build.data_kind(self.config, preprocessing=self.trained.preprocessing)
         self.accelerator = build.evaluation_accelerator(self.config)
         self.train_set = self.kind.evaluation_dataset("train")
         self.test_set = self.kind.evaluation_dataset("test")

@@ -55,6 +55,10 @@ class ImageKind(DataKind):
             **options,
         )
 
+    def preprocessing(self) -> dict:
+        # The stored statistics at the size the config asks for (evaluation may override data.image_size).
+        return {**super().preprocessing(), "image_size": self.config.data.image_size}
+
     def measure_preprocessing(self) -> dict:
         dataset = self.pretraining_dataset()
         mean, std = dataset.channel_stats()
