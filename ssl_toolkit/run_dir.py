@@ -16,9 +16,36 @@ runs/NAME/
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
+from typing import Any
 
 CHECKPOINT_PREFIX = "step_"
+
+
+def finite_or_null(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None, so that it is valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """Strict JSON (no bare NaN or Infinity: they become null)."""
+    return json.dumps(finite_or_null(value), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write `value` as strict JSON to `path`, atomically: a reader sees the old file or the new one."""
+    path = Path(path)
+    partial = path.with_name(f".tmp_{path.name}")
+    partial.write_text(json_text(value, indent=2) + "\n")
+    os.replace(partial, path)
 
 
 class RunDirectory:
@@ -85,7 +112,7 @@ class RunDirectory:
 
     def append_metrics(self, record: dict) -> None:
         with self.metrics.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json_text(record) + "\n")
 
     def read_metrics(self) -> list[dict]:
         """Every record of metrics.jsonl, in order ([] before the first)."""
@@ -94,7 +121,7 @@ class RunDirectory:
         return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
 
     def write_summary(self, summary: dict) -> None:
-        self.summary.write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(self.summary, summary)
 
     def read_summary(self) -> dict:
         """pretrain.json: what the finished pretraining measured."""

@@ -19,8 +19,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunSection:
-    name: str = "run"
+    name: str = "run"  # a plain name: no "/", not "." or ".."
     output_dir: str = "runs"
+    overwrite: bool = False  # clear a used run directory first instead of refusing it
 
 
 @dataclass
@@ -31,6 +32,7 @@ class DataSection:
     num_workers: int = 0
     download: bool = False  # torchvision datasets only; never at run time unless asked
     pretrain_split: str = "train"  # e.g. train+unlabeled for stl10
+    channels: int | None = None  # image channels, 1 or 3; None: 3 if any image of any split has colour
 
 
 @dataclass
@@ -91,10 +93,12 @@ class TrainSection:
     grad_cache_chunk: int = 0
     checkpoint_every: int = 1000
     resume: str | None = None
+    resume_allow: list[str] = field(default_factory=list)  # keys a resume may change although they alter the run
     max_bad_steps: int = 5  # consecutive steps with a NaN/inf loss before the run stops
     clip_grad_norm: float | None = None
     channels_last: bool = False
     compile: bool = False  # torch.compile of the encoder
+    collective_timeout_s: float = 1800.0  # a process waiting longer than this for its peers stops the run
 
 
 @dataclass
