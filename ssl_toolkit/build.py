@@ -7,10 +7,11 @@ dataset's size and labels). Each builder raises ConfigError naming the key and t
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -22,6 +23,7 @@ from ssl_toolkit.losses import create_loss
 from ssl_toolkit.optim import LrSchedule, create_optimizer, scale_lr
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training.epoch_seeded import EpochSeededDataset
+from ssl_toolkit.training.stop_signals import ignore_stop_signals
 
 KNN_BANK_SIZE = 10_000  # train items the online kNN's neighbours come from
 KNN_QUERIES = 2_000  # test items it classifies
@@ -36,6 +38,10 @@ def accelerator(config: Config, run: RunDirectory) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         log_with=list(config.log.trackers) or None,
         project_config=ProjectConfiguration(project_dir=str(run.path), logging_dir=str(run.path)),
+        # A collective that waits longer than this raises, instead of hanging on a stalled or dead peer.
+        kwargs_handlers=[
+            InitProcessGroupKwargs(timeout=timedelta(seconds=config.train.collective_timeout_s))
+        ],
     )
 
 
@@ -70,6 +76,7 @@ def train_loader(
         num_workers=config.data.num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=config.data.num_workers > 0,
+        worker_init_fn=ignore_stop_signals,
     )
     return loader, items
 

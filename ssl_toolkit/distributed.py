@@ -82,3 +82,19 @@ def launched_on_cpu_processes() -> bool:
     would believe it runs alone.
     """
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+# What gloo and NCCL say when a peer stopped answering (a stall past the timeout, or a dead process).
+LOST_PEER_PHRASES = (
+    "Timed out waiting",
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "timed out",
+)
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective that failed because another process stalled or died."""
+    if isinstance(error, dist.DistError):
+        return True
+    return isinstance(error, RuntimeError) and any(phrase in str(error) for phrase in LOST_PEER_PHRASES)

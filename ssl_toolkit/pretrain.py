@@ -13,24 +13,55 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from ssl_toolkit import build
+from ssl_toolkit import build, distributed
 from ssl_toolkit.config import Config, ConfigError, load_config, save_config
-from ssl_toolkit.run_dir import RunDirectory
+from ssl_toolkit.run_dir import RunDirectory, StorageFull, writing
+from ssl_toolkit.training import run_claim
 from ssl_toolkit.training.checkpoint import resumable_batches, resume, save_checkpoint
+from ssl_toolkit.training.checkpoint_files import latest_checkpoint_phrase
 from ssl_toolkit.training.guard import NonFiniteGuard, TrainingDiverged
 from ssl_toolkit.training.objective import ContrastiveObjective, train_step
 from ssl_toolkit.training.run_log import RunLog
+from ssl_toolkit.training.stop_signals import (
+    EXIT_INTERRUPTED,
+    StopSignals,
+    TrainingInterrupted,
+    stop_with_parent,
+)
 
 
 def pretrain(config: Config) -> Path:
     """Run self-supervised (or supervised contrastive) pretraining as configured; returns the run directory.
 
     Writes `config.yaml`, `metrics.jsonl`, `checkpoints/` and, at the end, `encoder.safetensors` and
-    `pretrain.json` (see `ssl_toolkit.run_dir`).
+    `pretrain.json` (see `ssl_toolkit.run_dir`). The run directory is locked for the run's life.
+
+    Raises:
+        ConfigError: a bad config, a used or locked run directory, a resume that would change the run.
+        TrainingDiverged: too many non-finite losses, or non-finite weights at a checkpoint.
+        TrainingInterrupted: a stop signal (after a checkpoint) or a peer process that stopped answering.
+        StorageFull: the disk filled up (the previous checkpoint is intact).
     """
     run = RunDirectory(config.run_dir)
-    run.path.mkdir(parents=True, exist_ok=True)
     accelerator = build.accelerator(config, run)
+    lock = run_claim.claim(accelerator, config, run)
+    try:
+        with StopSignals() as signals:
+            _train(config, run, accelerator, signals)
+    except RuntimeError as error:
+        if not distributed.lost_peer(error):
+            raise
+        raise TrainingInterrupted(
+            f"another process stopped answering for train.collective_timeout_s="
+            f"{config.train.collective_timeout_s:g} s (stalled, or dead: see its log); "
+            f"{latest_checkpoint_phrase(run)}; resume with train.resume=auto"
+        ) from None
+    finally:
+        lock.release()
+    return run.path
+
+
+def _train(config: Config, run: RunDirectory, accelerator, signals: StopSignals) -> None:
     set_seed(config.seed)  # before building the model, so the seed decides its initial weights
     kind = build.data_kind(config, run)
     dataset = kind.pretraining_dataset()
@@ -44,11 +75,12 @@ def pretrain(config: Config) -> Path:
     # without a per-process seed every process would crop and jitter its samples identically.
     set_seed(config.seed, device_specific=True)
     schedule = build.lr_schedule(config, len(loader), peak_lr)
-    progress = resume(accelerator, run, config.train.resume)
+    progress = resume(accelerator, run, config)
     if accelerator.is_main_process:
-        save_config(config, run.config)
+        with writing(run.config):
+            save_config(config, run.config)
     step_fn = train_step(accelerator, objective, config.train.grad_cache_chunk)
-    guard = NonFiniteGuard(accelerator, run, config.train.max_bad_steps)
+    guard = NonFiniteGuard(accelerator, run, config.train.max_bad_steps, objective)
     evaluate = build.online_evaluation(config, kind, accelerator, encoder.backbone)
     accelerator.print(
         f"pretraining {config.model.backbone} on {config.data.name}: {len(dataset)} samples, global batch "
@@ -62,6 +94,7 @@ def pretrain(config: Config) -> Path:
     for inputs, targets in resumable_batches(accelerator, loader, items, progress, schedule.total_steps):
         lr = schedule.apply(optimizer, progress.step)
         views = kind.prepare_batch(data.views(inputs))
+        guard.remember_buffers()
         # forward and backward (plain or gradient-cached), then the batch's embeddings for the statistics
         loss, embeddings = step_fn(views, targets if config.loss.supervised else None)
         if not guard.allows(loss, progress):  # a non-finite loss on any process: drop the gradients
@@ -87,26 +120,40 @@ def pretrain(config: Config) -> Path:
             views=views,
             evaluate=evaluate,
         )
+        if signals.requested_everywhere(accelerator):
+            checkpoint = save_checkpoint(accelerator, run, progress, objective, config)
+            log.close()
+            raise TrainingInterrupted(
+                f"stopped by a signal after step {step}; checkpoint {checkpoint} written: continue with "
+                "train.resume=auto"
+            )
         if step % config.train.checkpoint_every == 0 and step < schedule.total_steps:
-            save_checkpoint(accelerator, run, step)
+            save_checkpoint(accelerator, run, progress, objective, config)
 
-    save_checkpoint(accelerator, run, progress.step)
+    save_checkpoint(accelerator, run, progress, objective, config)
     if accelerator.is_main_process:
-        kind.save_encoder(encoder, run.encoder, step=progress.step)
+        with writing(run.encoder):
+            kind.save_encoder(encoder, run.encoder, step=progress.step)
     log.finish(progress.step, config.views_per_sample)
-    return run.path
+
+
+EXIT_CODES = (
+    (ConfigError, 2),  # fix the config, the data or the run directory, then rerun
+    (StorageFull, 2),  # free space, then resume
+    (TrainingDiverged, 3),  # change the hyperparameters, then resume from the last good checkpoint
+    (TrainingInterrupted, EXIT_INTERRUPTED),  # resume as it is
+)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Pretrain from parsed arguments; 0 on success, 2 for a config error, 3 when the loss diverged."""
+    """Pretrain from parsed arguments; the exit code: 0 done, 2 a bad config or input or a full disk,
+    3 the loss diverged, 4 stopped by a signal or a lost peer with the run resumable."""
+    stop_with_parent()
     try:
         pretrain(load_config(args.recipe, args.overrides))
-    except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except tuple(error_type for error_type, _ in EXIT_CODES) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return next(code for error_type, code in EXIT_CODES if isinstance(error, error_type))
     return 0
 
 

@@ -1,10 +1,13 @@
 """The run directory: every file a run writes has its name here, and its records are read back here.
 
 runs/NAME/
+  .lock                    held by the run in progress (an flock; the file names the holder)
   config.yaml              the fully resolved config
+  resumes.jsonl            each resume: the checkpoint, its step, the config keys it changed
   metrics.jsonl            one JSON object per logged step (step, epoch, loss, lr, ...)
   pretrain.json            the finished pretraining: seconds, steps, epochs, samples and views per second
-  checkpoints/step_*/      Accelerate state, resumable (`.tmp_*` while being written)
+  checkpoints/step_*/      Accelerate state and progress.json (step, processes, every file's SHA-256),
+                           resumable (`.tmp_*` while being written)
   encoder.safetensors      backbone + head weights, the spec to rebuild them and their preprocessing
   features/                evaluation's feature cache
   probe.json, knn.json     evaluation results
@@ -15,13 +18,51 @@ runs/NAME/
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 CHECKPOINT_PREFIX = "step_"
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class StorageFull(OSError):
+    """A write failed because the disk (or the quota) is full; the message names what was being written."""
+
+
+def storage_full_error(path: str | Path, error: BaseException) -> StorageFull | None:
+    """A StorageFull naming `path` when `error` means no space was left, else None.
+
+    torch and safetensors report a failed write as a RuntimeError with the OS's words in it, not an OSError.
+    """
+    if (
+        getattr(error, "errno", None) in NO_SPACE_ERRNOS
+        or "No space left" in str(error)
+        or "Disk quota exceeded" in str(error)
+    ):
+        return StorageFull(errno.ENOSPC, f"No space left on device writing {path}")
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn a full disk while writing `path` into StorageFull naming it; other errors pass unchanged."""
+    try:
+        yield
+    except StorageFull:
+        raise
+    except (OSError, RuntimeError) as error:
+        full = storage_full_error(path, error)
+        if full is None:
+            raise
+        raise full from error
 
 
 def finite_or_null(value: Any) -> Any:
@@ -44,8 +85,9 @@ def write_json(path: str | Path, value: Any) -> None:
     """Write `value` as strict JSON to `path`, atomically: a reader sees the old file or the new one."""
     path = Path(path)
     partial = path.with_name(f".tmp_{path.name}")
-    partial.write_text(json_text(value, indent=2) + "\n")
-    os.replace(partial, path)
+    with writing(path):
+        partial.write_text(json_text(value, indent=2) + "\n")
+        os.replace(partial, path)
 
 
 class RunDirectory:
@@ -60,6 +102,14 @@ class RunDirectory:
     @property
     def config(self) -> Path:
         return self.path / "config.yaml"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / ".lock"
+
+    @property
+    def resumes(self) -> Path:
+        return self.path / "resumes.jsonl"
 
     @property
     def metrics(self) -> Path:
@@ -111,7 +161,25 @@ class RunDirectory:
         return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
     def append_metrics(self, record: dict) -> None:
-        with self.metrics.open("a") as handle:
+        with writing(self.metrics), self.metrics.open("a") as handle:
+            handle.write(json_text(record) + "\n")
+
+    def drop_metrics_after(self, step: int) -> None:
+        """Keep the records of steps up to `step`: a resumed run logs the steps after it again, once."""
+        if not self.metrics.is_file():
+            return
+        kept = [
+            line
+            for line in self.metrics.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
+        partial = self.metrics.with_name(f".tmp_{self.metrics.name}")
+        with writing(self.metrics):
+            partial.write_text("".join(f"{line}\n" for line in kept))
+            os.replace(partial, self.metrics)
+
+    def append_resume(self, record: dict) -> None:
+        with writing(self.resumes), self.resumes.open("a") as handle:
             handle.write(json_text(record) + "\n")
 
     def read_metrics(self) -> list[dict]:

@@ -27,9 +27,9 @@ def test_stopping_after_step_3_and_resuming_gives_the_same_six_steps(tmp_path, m
     straight = pretrain_tiny(tmp_path, "straight", *SIX_STEPS)
     real_save = pretrain_module.save_checkpoint
 
-    def save_then_die(accelerator, run, step):
-        real_save(accelerator, run, step)
-        if step == 3:
+    def save_then_die(accelerator, run, progress, *rest):
+        real_save(accelerator, run, progress, *rest)
+        if progress.step == 3:
             raise Killed
 
     monkeypatch.setattr(pretrain_module, "save_checkpoint", save_then_die)

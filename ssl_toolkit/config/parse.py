@@ -16,7 +16,16 @@ from typing import Any
 
 import yaml
 
-from ssl_toolkit.config.schema import CHOICES, SECTIONS, Config, ConfigError, LossSection, validate
+from ssl_toolkit.config.schema import (
+    CHOICES,
+    RESUME_ALLOW_SPECIAL,
+    SECTIONS,
+    Config,
+    ConfigError,
+    LossSection,
+    loss_option_range,
+    validate,
+)
 
 
 def _describe(annotation: Any) -> str:
@@ -91,6 +100,10 @@ def _loss_class(name: str) -> type:
 
 
 def _validate_loss(section: LossSection) -> None:
+    """Each option is an argument of the loss's constructor, of its type and in its range."""
+    from ssl_toolkit.losses import ALIASES
+
+    name = ALIASES.get(section.name, section.name)
     constructor = _loss_class(section.name).__init__
     valid = [p for p in inspect.signature(constructor).parameters if p != "self"]
     hints = typing.get_type_hints(constructor)
@@ -101,6 +114,33 @@ def _validate_loss(section: LossSection) -> None:
                 + ", ".join(f"loss.{k}" for k in ["name", "supervised", *valid])
             )
         section.options[key] = _coerce(value, hints.get(key, Any), f"loss.{key}")
+        valid_range = loss_option_range(name, key)
+        if valid_range is not None:
+            valid_range.check(f"loss.{key}", section.options[key])
+
+
+def _config_keys() -> list[str]:
+    """Every key of the schema: top-level keys and `section.key`, with the options of every loss."""
+    from ssl_toolkit.losses import LOSSES
+
+    keys = [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS]
+    for section_name in SECTIONS:
+        section = getattr(Config(), section_name)
+        keys += [f"{section_name}.{f.name}" for f in dataclasses.fields(section) if f.name != "options"]
+    for loss in LOSSES.values():
+        options = [p for p in inspect.signature(loss.__init__).parameters if p != "self"]
+        keys += [f"loss.{option}" for option in options if f"loss.{option}" not in keys]
+    return keys
+
+
+def _validate_resume_allow(allowed: list[str]) -> None:
+    valid = [*_config_keys(), *RESUME_ALLOW_SPECIAL]
+    for item in allowed:
+        if item not in valid:
+            raise ConfigError(
+                f"train.resume_allow has {item!r}, which is neither a config key nor "
+                f"{' or '.join(RESUME_ALLOW_SPECIAL)}; valid items: {', '.join(valid)}"
+            )
 
 
 def _apply(config: Config, dotted_key: str, value: Any, *, source: str) -> None:
@@ -221,6 +261,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, value = parse_override(text)
         _apply(config, key, value, source="command-line overrides")
     _validate_loss(config.loss)
+    _validate_resume_allow(config.train.resume_allow)
     validate(config)
     return config
 

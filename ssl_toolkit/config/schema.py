@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,9 @@ class TrainSection:
     grad_cache_chunk: int = 0
     checkpoint_every: int = 1000
     resume: str | None = None
-    resume_allow: list[str] = field(default_factory=list)  # keys a resume may change although they alter the run
+    resume_allow: list[str] = field(
+        default_factory=list
+    )  # keys a resume may change although they alter the run
     max_bad_steps: int = 5  # consecutive steps with a NaN/inf loss before the run stops
     clip_grad_norm: float | None = None
     channels_last: bool = False
@@ -138,40 +141,152 @@ CHOICES = {
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "log.trackers": ("wandb", "tensorboard"),
 }
-POSITIVE = (
-    "train.batch_size",
-    "train.epochs",
-    "train.checkpoint_every",
-    "train.max_bad_steps",
-    "log.every",
-    "data.image_size",
-)
-NON_NEGATIVE = ("data.num_workers", "log.knn_every", "augment.small_crops")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a key takes: a lower and an upper bound (each open or closed, None for none), or a set
+    of choices; and whether null is allowed, with what null means. Every float must also be finite."""
+
+    low: float | None = None
+    low_open: bool = False  # True: the value must be more than `low`, not equal to it
+    high: float | None = None
+    high_open: bool = False
+    choices: tuple[int, ...] = ()
+    null_means: str | None = None  # None: null is not allowed
+    note: str = ""  # why the range is what it is, or what its edge means
+
+    @property
+    def nullable(self) -> bool:
+        return self.null_means is not None
+
+    def contains(self, value: float) -> bool:
+        if self.choices:
+            return value in self.choices
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        """The range in words, e.g. `0 or more`, `in (0, 1]`, `one of 1, 3`."""
+        if self.choices:
+            text = "one of " + ", ".join(_number(c) for c in self.choices)
+        elif self.low is not None and self.high is not None:
+            text = (
+                f"in {'(' if self.low_open else '['}{_number(self.low)}, "
+                f"{_number(self.high)}{')' if self.high_open else ']'}"
+            )
+        elif self.low is not None:
+            if self.low_open:
+                text = f"more than {_number(self.low)}"
+            else:
+                text = "0 or more" if self.low == 0 else f"at least {_number(self.low)}"
+        elif self.high is not None:
+            text = f"less than {_number(self.high)}" if self.high_open else f"at most {_number(self.high)}"
+        else:
+            text = "any finite number"
+        if self.nullable:
+            text += f", or null ({self.null_means})"
+        return text + (f"; {self.note}" if self.note else "")
+
+    def check(self, key: str, value: Any) -> None:
+        """Raise ConfigError naming `key`, `value` and the range unless `value` is in it."""
+        if value is None:
+            if not self.nullable:
+                raise ConfigError(f"{key}=null is not allowed; it must be {self.describe()}")
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} is not a number; it must be {self.describe()}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value} is not finite; it must be {self.describe()}")
+        if not self.contains(value):
+            raise ConfigError(f"{key}={value} must be {self.describe()}")
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+AT_LEAST_1 = Range(low=1)
+NON_NEGATIVE = Range(low=0)
+POSITIVE = Range(low=0, low_open=True)
+PROBABILITY = Range(low=0, high=1, null_means="the preset's value")
+
+# The valid values of every int and float key of the schema (a test fails when one is missing).
+RANGES: dict[str, Range] = {
+    "seed": Range(low=0, high=2**32, high_open=True, note="numpy's random seeds are 32-bit"),
+    "data.image_size": AT_LEAST_1,
+    "data.num_workers": NON_NEGATIVE,
+    "data.channels": Range(choices=(1, 3), null_means="3 if any image has colour"),
+    "augment.n_views": Range(low=2, note="a positive pair needs two views of an image"),
+    "augment.strength": NON_NEGATIVE,
+    "augment.min_scale": Range(low=0, low_open=True, high=1, null_means="the preset's value"),
+    "augment.flip_p": PROBABILITY,
+    "augment.blur_p": PROBABILITY,
+    "augment.solarize_p": PROBABILITY,
+    "augment.small_crops": NON_NEGATIVE,
+    "augment.small_size": Range(low=1, null_means="the preset's value"),
+    "model.proj_hidden_dim": Range(low=1, null_means="the backbone's feature width"),
+    "model.proj_dim": AT_LEAST_1,
+    "optim.lr": POSITIVE,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.momentum": Range(low=0, high=1, high_open=True),
+    "optim.warmup_epochs": NON_NEGATIVE,
+    "train.batch_size": AT_LEAST_1,  # and at least 2 for a contrastive loss: _validate_loss_and_views
+    "train.epochs": AT_LEAST_1,
+    "train.max_steps": Range(low=1, null_means="no limit"),
+    "train.grad_cache_chunk": Range(low=0, note="0 turns GradCache off, else samples per chunk"),
+    "train.checkpoint_every": AT_LEAST_1,
+    "train.max_bad_steps": AT_LEAST_1,
+    "train.clip_grad_norm": Range(low=0, low_open=True, null_means="no clipping"),
+    "train.collective_timeout_s": POSITIVE,
+    "log.every": AT_LEAST_1,
+    "log.knn_every": Range(low=0, note="0 turns the online kNN evaluation off"),
+}
+
+# The valid values of the losses' numeric constructor arguments, by argument name; where one loss takes a
+# name with another range, LOSS_SPECIFIC_RANGES has it by `loss.option`. The constructors check them too:
+# these give the same answer in load_config, before anything is built.
+LOSS_OPTION_RANGES: dict[str, Range] = {
+    "temperature": POSITIVE,
+    "margin": POSITIVE,  # contrastive and triplet; ArcFace's margin is an angle with its own range
+    "scale": POSITIVE,
+    "init_scale": POSITIVE,
+    "init_bias": Range(),
+    "num_classes": Range(low=2),
+    "embedding_dim": AT_LEAST_1,
+}
+LOSS_SPECIFIC_RANGES: dict[str, Range] = {
+    "arcface.margin": Range(low=0, high=math.pi / 2, high_open=True, note="an angle in radians, below π/2"),
+}
+
+
+def loss_option_range(loss_name: str, option: str) -> Range | None:
+    """The range of option `option` of the loss registered as `loss_name`, or None if it has none."""
+    return LOSS_SPECIFIC_RANGES.get(f"{loss_name}.{option}", LOSS_OPTION_RANGES.get(option))
+
+
+# The special name in train.resume_allow for a change in the number of processes (not a config key).
+RESUME_ALLOW_SPECIAL = ("num_processes",)
+PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def value_of(config: Config, dotted_key: str) -> Any:
+    if "." not in dotted_key:
+        return getattr(config, dotted_key)
     section, key = dotted_key.split(".")
     return getattr(getattr(config, section), key)
 
 
 def validate(config: Config) -> None:
     """Every rule that needs only the config; raises ConfigError naming the key and the fix."""
-    for key in POSITIVE:
-        if value_of(config, key) <= 0:
-            raise ConfigError(f"{key}={value_of(config, key)} must be positive")
-    for key in NON_NEGATIVE:
-        if value_of(config, key) < 0:
-            raise ConfigError(f"{key}={value_of(config, key)} must be 0 or more")
-    if config.train.max_steps is not None and config.train.max_steps <= 0:
-        raise ConfigError(f"train.max_steps={config.train.max_steps} must be positive (or null for no limit)")
-    if config.augment.n_views < 2:
-        raise ConfigError(f"augment.n_views={config.augment.n_views} must be at least 2")
-    if not (config.optim.lr > 0 and math.isfinite(config.optim.lr)):
-        raise ConfigError(f"optim.lr={config.optim.lr} must be a positive number")
-    if config.train.grad_cache_chunk < 0:
+    for key, valid in RANGES.items():
+        valid.check(key, value_of(config, key))
+    name = config.run.name
+    if not PLAIN_NAME.fullmatch(name) or name in (".", ".."):
         raise ConfigError(
-            f"train.grad_cache_chunk={config.train.grad_cache_chunk} must be 0 (off) or a number of samples "
-            f"per chunk, e.g. {max(1, config.train.batch_size // 4)}"
+            f"run.name={name!r} must be a plain name: letters, digits, '.', '_', '-' (not '.' or '..', "
+            "no '/'), so that the run stays inside run.output_dir; put folders in run.output_dir"
         )
     _validate_loss_and_views(config)
 
@@ -191,3 +306,9 @@ def _validate_loss_and_views(config: Config) -> None:
                 "(augment.n_views + augment.small_crops); use loss.name=supcon, which with one label per "
                 "sample is NT-Xent over any number of views"
             )
+    if loss.name != "arcface" and config.train.batch_size < 2:
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} must be at least 2 for loss.name={loss.name}: "
+            "a contrastive loss needs the other samples of the batch as negatives "
+            "(only loss.name=arcface, which compares with class centres, trains on single samples)"
+        )

@@ -1,12 +1,17 @@
-"""The non-finite guard: a NaN or infinite loss skips its step; too many in a row stop the run."""
+"""The non-finite guard: a NaN or infinite loss skips its step; too many in a row stop the run.
+
+A skipped step leaves the model as it was before it: no optimiser step, and the BatchNorm statistics its
+forward pass updated are put back, so the last checkpoint and every later one stay finite.
+"""
 
 from __future__ import annotations
 
 import torch
 from accelerate import Accelerator
+from torch import nn
 
 from ssl_toolkit.run_dir import RunDirectory
-from ssl_toolkit.training.checkpoint import TrainingProgress
+from ssl_toolkit.training.progress import TrainingProgress
 
 
 class TrainingDiverged(RuntimeError):
@@ -22,11 +27,25 @@ class NonFiniteGuard:
         max_bad_steps: consecutive non-finite steps after which the run stops (`train.max_bad_steps`).
     """
 
-    def __init__(self, accelerator: Accelerator, run: RunDirectory, max_bad_steps: int):
+    def __init__(self, accelerator: Accelerator, run: RunDirectory, max_bad_steps: int, model: nn.Module):
         self.accelerator = accelerator
         self.run = run
         self.max_bad_steps = max_bad_steps
         self.bad_in_a_row = 0
+        # The running statistics a forward pass updates in train mode (BatchNorm's mean, var and count).
+        self.buffers = [buffer for buffer in model.buffers()]
+        self.before_step = [buffer.detach().clone() for buffer in self.buffers]
+
+    @torch.no_grad()
+    def remember_buffers(self) -> None:
+        """Keep the buffers as they are before a step's forward pass, to put back if the step is skipped."""
+        for kept, buffer in zip(self.before_step, self.buffers, strict=True):
+            kept.copy_(buffer)
+
+    @torch.no_grad()
+    def _restore_buffers(self) -> None:
+        for kept, buffer in zip(self.before_step, self.buffers, strict=True):
+            buffer.copy_(kept)
 
     def allows(self, loss: torch.Tensor, progress: TrainingProgress) -> bool:
         """True when the loss is finite on every process; otherwise counts a skipped step.
@@ -40,18 +59,19 @@ class NonFiniteGuard:
         if finite == self.accelerator.num_processes:
             self.bad_in_a_row = 0
             return True
+        self._restore_buffers()
         progress.skipped_steps += 1
         self.bad_in_a_row += 1
         self.accelerator.print(
             f"step {progress.step}: non-finite loss, step skipped ({self.bad_in_a_row} in a row)"
         )
         if self.bad_in_a_row >= self.max_bad_steps:
-            checkpoints = self.run.checkpoint_dirs()
-            last_good = checkpoints[-1] if checkpoints else "none (no checkpoint was written yet)"
+            from ssl_toolkit.training.checkpoint import latest_checkpoint_phrase  # it raises TrainingDiverged
+
             raise TrainingDiverged(
                 f"the loss was NaN or infinite for {self.bad_in_a_row} steps in a row "
                 f"(train.max_bad_steps={self.max_bad_steps}) at step {progress.step}; "
-                f"the last good checkpoint is {last_good}. Lower optim.lr, set train.clip_grad_norm "
+                f"{latest_checkpoint_phrase(self.run)}. Lower optim.lr, set train.clip_grad_norm "
                 "or use train.mixed_precision=bf16 (not fp16); then resume with train.resume=auto"
             )
         return False

@@ -128,9 +128,13 @@ class RunLog:
         for tracker in trackers:
             tracker.log_images({"views": picture.unsqueeze(0)}, step=step)
 
+    def close(self) -> None:
+        """End the session's reporting: the progress bar and the trackers (their files flushed)."""
+        self.bar.close()
+        self.accelerator.end_training()
+
     def finish(self, step: int, views_per_sample: int) -> dict:
         """Close the session's reporting; writes and returns pretrain.json's summary (main process)."""
-        self.bar.close()
         seconds = time.perf_counter() - self.started
         summary = {
             "seconds": seconds,
@@ -144,5 +148,5 @@ class RunLog:
         if self.accelerator.is_main_process:
             self.run.write_summary(summary)
         self.accelerator.print(f"done in {seconds:.1f}s; encoder written to {self.run.path}")
-        self.accelerator.end_training()
+        self.close()
         return summary

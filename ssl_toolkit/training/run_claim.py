@@ -1,0 +1,128 @@
+"""A run directory belongs to one run: claimed under a lock for the run's life, refused when already used.
+
+The lock is an advisory `flock` on `RUN_DIR/.lock`, which the kernel releases when its holder dies however
+it dies (kill -9 included), so a dead run never blocks the next one. The file also names the holder, for
+the message that refuses a second run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from ssl_toolkit.config import Config, ConfigError
+from ssl_toolkit.run_dir import RunDirectory
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held until `release` (or the holder's death)."""
+
+    def __init__(self, run: RunDirectory):
+        self.path = run.lock
+        self._handle = None
+
+    def acquire(self) -> str | None:
+        """Take the lock; None on success, else a description of the run holding it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the run's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            return _describe_holder(holder)
+        handle.seek(0)
+        handle.truncate()
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        handle.write(json.dumps(holder) + "\n")
+        handle.flush()
+        self._handle = handle
+        return None
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def used_entries(run: RunDirectory) -> list[str]:
+    """What a previous run left in the directory (its lock file aside), sorted."""
+    if not run.path.is_dir():
+        return []
+    return sorted(entry.name for entry in run.path.iterdir() if entry.name != run.lock.name)
+
+
+def clear(run: RunDirectory) -> None:
+    """Remove everything in the run directory but the lock this run holds."""
+    for entry in run.path.iterdir():
+        if entry.name == run.lock.name:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def claim(accelerator: Accelerator, config: Config, run: RunDirectory) -> RunLock:
+    """Take the run directory for this run, on the main process; every process raises if it is refused.
+
+    Refused: a directory another live run holds, and a used directory without `train.resume` (unless
+    `run.overwrite` clears it first).
+
+    Raises:
+        ConfigError: naming the directory and the ways forward.
+    """
+    lock = RunLock(run)
+    problem = None
+    if accelerator.is_main_process:
+        problem = _claim_on_main(lock, config, run)
+    if accelerator.num_processes > 1:
+        message = [problem]
+        broadcast_object_list(message)
+        problem = message[0]
+    if problem is not None:
+        lock.release()
+        raise ConfigError(problem)
+    return lock
+
+
+def _claim_on_main(lock: RunLock, config: Config, run: RunDirectory) -> str | None:
+    holder = lock.acquire()
+    if holder is not None:
+        return (
+            f"run directory {run.path} is in use by a run in progress ({holder}); wait for it to finish, "
+            "or choose another run.name"
+        )
+    if config.run.overwrite:
+        clear(run)
+        return None
+    used = used_entries(run)
+    if used and config.train.resume is None:
+        shown = ", ".join(used[:4]) + (", ..." if len(used) > 4 else "")
+        lock.release()
+        return (
+            f"run directory {run.path} already holds a run ({shown}); continue it with train.resume=auto, "
+            "choose another run.name, or set run.overwrite=true to clear it first"
+        )
+    return None
