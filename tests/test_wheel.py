@@ -1,4 +1,5 @@
-"""A wheel built from the repository works outside it: packaged recipes, the command, the version."""
+"""A wheel built from the repository works outside it: packaged recipes, the command, the version; it carries
+the license."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -28,13 +30,18 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_packaged_quickstart(t
     shutil.copytree(
         REPO / "ssl_toolkit", source / "ssl_toolkit", ignore=shutil.ignore_patterns("__pycache__")
     )
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, source / name)
     pip = [sys.executable, "-m", "pip"]
     _run(
         [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", source], tmp_path
     )
     (wheel,) = (tmp_path / "dist").glob("ssl_toolkit-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        dist_info = f"ssl_toolkit-{__version__}.dist-info"
+        assert archive.read(f"{dist_info}/licenses/LICENSE") == (REPO / "LICENSE").read_bytes()
+        metadata = archive.read(f"{dist_info}/METADATA").decode()
+    assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
 
     # A fresh venv that sees the test environment's packages (torch, timm, ...) but not its ssl_toolkit:
     # a path line in a .pth file adds the folder without running the editable install's own .pth hook.
