@@ -23,6 +23,7 @@ import errno
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ CHECKPOINT_PREFIX = "step_"
 
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+NEARLY_FULL_BYTES = 4 << 20  # less free space than this after a failed write: the write failed for want of it
 
 
 class StorageFull(OSError):
@@ -40,15 +42,20 @@ class StorageFull(OSError):
 def storage_full_error(path: str | Path, error: BaseException) -> StorageFull | None:
     """A StorageFull naming `path` when `error` means no space was left, else None.
 
-    torch and safetensors report a failed write as a RuntimeError with the OS's words in it, not an OSError.
+    torch reports a full disk as "unexpected pos" or "iostream error", without the OS's words, so a failed
+    write on a file system with (next to) no free space counts as one too.
     """
-    if (
-        getattr(error, "errno", None) in NO_SPACE_ERRNOS
-        or "No space left" in str(error)
-        or "Disk quota exceeded" in str(error)
-    ):
-        return StorageFull(errno.ENOSPC, f"No space left on device writing {path}")
-    return None
+    text = str(error)
+    full = getattr(error, "errno", None) in NO_SPACE_ERRNOS or "No space left" in text or "quota" in text
+    if not full:
+        existing = Path(path)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            full = shutil.disk_usage(existing).free < NEARLY_FULL_BYTES
+        except OSError:
+            full = False
+    return StorageFull(f"No space left on device writing {path}") if full else None
 
 
 @contextlib.contextmanager
@@ -58,7 +65,7 @@ def writing(path: str | Path) -> Iterator[None]:
         yield
     except StorageFull:
         raise
-    except (OSError, RuntimeError) as error:
+    except Exception as error:  # safetensors raises its own type; unrelated errors re-raise
         full = storage_full_error(path, error)
         if full is None:
             raise

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from ssl_toolkit.config import Config, ConfigError
 from ssl_toolkit.config.parse import config_from_dict
-from ssl_toolkit.run_dir import RunDirectory, storage_full_error, writing
+from ssl_toolkit.run_dir import RunDirectory, StorageFull, storage_full_error, writing
 from ssl_toolkit.training import resume_rules
 from ssl_toolkit.training.checkpoint_files import (
     CONFIG_FILE,
@@ -82,7 +82,7 @@ def save_checkpoint(
     failure = None
     try:
         accelerator.save_state(str(partial))
-    except (OSError, RuntimeError) as error:  # every process must hear of it, or the others would wait
+    except Exception as error:  # every process must hear of it, or the others would wait
         failure = error
     failed = accelerator.reduce(torch.tensor(float(failure is not None), device=accelerator.device), "sum")
     if failed.item() > 0:
@@ -91,7 +91,13 @@ def save_checkpoint(
             shutil.rmtree(partial, ignore_errors=True)
         if failure is None:
             raise RuntimeError(f"another process could not write its part of checkpoint {final}")
-        raise storage_full_error(partial, failure) or failure
+        full = storage_full_error(partial, failure)
+        if full is None:
+            raise failure
+        raise StorageFull(
+            f"{full}; {latest_checkpoint_phrase(run)}, intact: free space, then continue with "
+            "train.resume=auto"
+        ) from failure
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         try:
