@@ -177,3 +177,23 @@ def test_a_second_signal_exits_at_once_but_a_repeat_within_the_window_does_not(t
     assert time.monotonic() - started < 5
     errors = process.stderr.read()
     assert "SIGTERM received: stopping after this step" in errors and "SIGINT received again" in errors
+
+
+def test_a_stalled_peer_stops_every_process_with_a_message_after_the_collective_timeout(tmp_path):
+    launch = [*LAUNCH_TWO[:-2], str(REPO / "tests" / "stalled_peer_run.py")]
+    log = tmp_path / "stalled.log"
+    started = time.monotonic()
+    arguments = _arguments(tmp_path, "stalled", "train.collective_timeout_s=4", "train.checkpoint_every=1")
+    with log.open("w") as handle:
+        result = subprocess.run(
+            [*launch, *arguments], cwd=REPO, env={**ENV, "STALL_SECONDS": "12"}, stdout=handle,
+            stderr=subprocess.STDOUT, timeout=300,
+        )  # fmt: skip
+    output = log.read_text()
+    assert result.returncode != 0
+    # Both processes say it in one line: the waiting one after 4 s, the stalled one when it comes back.
+    assert output.count("error: another process stopped answering for train.collective_timeout_s=4 s") == 2, (
+        output[-3000:]
+    )
+    assert "the last good checkpoint is" in output and "step_00000002" in output
+    assert time.monotonic() - started < 120
