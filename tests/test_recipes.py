@@ -220,6 +220,8 @@ def test_readme_launch_commands_use_shipped_files_and_valid_overrides():
     ]
     launched = set()
     for words in commands:
+        if words[-1] == "&":  # started in the background, as in the SLURM job
+            words = words[:-1]
         config_file = words[words.index("--config_file") + 1]
         assert (REPO / config_file).is_file(), config_file
         load_config_from_file(str(REPO / config_file))
