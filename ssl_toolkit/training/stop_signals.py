@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -107,10 +108,27 @@ def _ignore_in_python(signum, frame) -> None:
     """The Python-level handler does nothing: the wakeup descriptor already told the watching thread."""
 
 
+LAUNCHER_WORDS = ("accelerate", "torchrun", "torch.distributed")
+
+
+def _parent_is_a_launcher() -> bool:
+    try:
+        command = (
+            Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return False
+    return any(word in command for word in LAUNCHER_WORDS)
+
+
 def stop_with_parent() -> None:
-    """Ask Linux to send this process SIGTERM when its parent dies (a launcher killed by a signal it does
-    not forward), so that the run still stops with a checkpoint instead of training on unseen."""
-    if not sys.platform.startswith("linux"):
+    """Under `accelerate launch` or torchrun, ask Linux to send this process SIGTERM when the launcher dies.
+
+    A launcher killed by a signal it does not forward (any signal, for the single-process launcher) would
+    otherwise leave the run training unseen; now it stops with a checkpoint. A run started from a shell is
+    left alone: `nohup` runs must outlive their shell.
+    """
+    if not sys.platform.startswith("linux") or not _parent_is_a_launcher():
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
