@@ -231,3 +231,13 @@ def test_readme_launch_commands_use_shipped_files_and_valid_overrides():
         load_config(REPO / recipe, overrides)
         launched.add(Path(config_file).name)
     assert launched == {path.name for path in ACCELERATE_CONFIGS}, "a launch command for every config"
+
+
+def test_the_quickstart_checkpoints_before_its_last_step():
+    config = load_config(RECIPE_DIR / "quickstart.yaml")
+    from ssl_toolkit import build
+
+    steps_per_epoch = len(build.data_kind(config).pretraining_dataset()) // config.train.batch_size
+    total_steps = config.train.epochs * steps_per_epoch
+    assert config.train.checkpoint_every < total_steps, "a crash would lose the whole run"
+    assert total_steps // config.train.checkpoint_every >= 4
