@@ -8,6 +8,8 @@ writer adds (the step, the dataset). `load_encoder` returns a `TrainedEncoder` t
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -17,6 +19,33 @@ import torch
 from torch import nn
 
 FEATURES = ("backbone", "projection")  # h = f(x) and z = g(h)
+REWRITE_HINT = (
+    "write it again from the run's last checkpoint: rerun its `ssl-toolkit pretrain` command with "
+    "train.resume=auto"
+)
+
+
+class EncoderFileError(ValueError):
+    """An encoder file that cannot be read back; the message names it and how to get a good one."""
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
+    """`tensors` and `metadata` as a safetensors file at `path`, atomically, with an ordinary file's mode.
+
+    safetensors creates its files 0600 whatever the umask; the file written here gets the mode the umask
+    gives a new file, as every other file of a run directory has.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    partial = path.with_name(path.name + ".tmp")
+    partial.unlink(missing_ok=True)
+    partial.touch()  # created as any new file is, so its mode is what the umask leaves of 0666
+    mode = stat.S_IMODE(partial.stat().st_mode)
+    save_file(tensors, str(partial), metadata=metadata)
+    os.chmod(partial, mode)
+    partial.replace(path)
+    return path
 
 
 def save_encoder(
@@ -29,10 +58,6 @@ def save_encoder(
     extra: dict | None = None,
 ) -> None:
     """Write the weights, `spec` (a dataclass or a dict), kind, preprocessing and `extra`, atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     metadata = {
         "encoder_spec": json.dumps(asdict(spec) if is_dataclass(spec) else spec),
@@ -40,8 +65,7 @@ def save_encoder(
         "preprocessing": json.dumps(preprocessing),
     }
     metadata.update({key: json.dumps(value) for key, value in (extra or {}).items()})
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    write_safetensors(state, path, metadata)
 
 
 @dataclass
@@ -92,6 +116,8 @@ def load_encoder(path: str | Path) -> TrainedEncoder:
 
     Raises:
         FileNotFoundError: there is no file at `path`.
+        EncoderFileError: the file is not an encoder file that this version can read (truncated, corrupt,
+            or weights that do not fit the architecture it describes).
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -101,15 +127,29 @@ def load_encoder(path: str | Path) -> TrainedEncoder:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no encoder weights at {path}; a finished pretraining run writes them")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
+    except Exception as error:  # truncated, overwritten, not safetensors: the fix is the same
+        raise _unreadable(path, error) from error
     kind = metadata.pop("data_kind", "image")  # files from before data kinds held images
-    preprocessing = metadata.pop("preprocessing", None) or _image_preprocessing(metadata)
-    kind_class = kind_by_name(kind)
-    spec = kind_class.spec_from_dict(metadata.pop("encoder_spec"))
-    encoder = kind_class.build_encoder(spec)
-    encoder.load_state_dict(load_file(str(path)))
+    if not isinstance(kind, str):
+        raise _unreadable(path, TypeError(f"data_kind is {kind!r}, not a name"))
+    kind_class = kind_by_name(kind)  # an unregistered kind is no fault of the file: its message says so
+    try:
+        preprocessing = metadata.pop("preprocessing", None) or _image_preprocessing(metadata)
+        spec = kind_class.spec_from_dict(metadata.pop("encoder_spec"))
+        encoder = kind_class.build_encoder(spec)
+        encoder.load_state_dict(load_file(str(path)))
+    except Exception as error:  # metadata or weights that do not describe a model this kind builds
+        raise _unreadable(path, error) from error
     return TrainedEncoder(encoder.eval(), spec, kind, preprocessing, metadata)
+
+
+def _unreadable(path: Path, error: Exception) -> EncoderFileError:
+    lines = str(error).strip().splitlines()
+    reason = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+    return EncoderFileError(f"{path} is not a readable encoder file ({reason}); {REWRITE_HINT}")
 
 
 def _image_preprocessing(metadata: dict) -> dict:

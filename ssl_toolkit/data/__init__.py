@@ -1,8 +1,9 @@
 """Dataset registry: `create_dataset(name, root, split)` returns an `ImageDataset`.
 
 Every dataset yields `(image, target)` with image uint8 (C, H, W) before its transform and target an int,
-and exposes `classes`, `num_classes`, `channels`, `targets` (N,), `fixed_size`, `channel_stats()` and
-`with_transform(transform)`.
+and exposes `classes`, `num_classes`, `channels`, `targets` (N,), `fixed_size`, `channel_stats()`,
+`with_transform(transform)` and, for evaluation, `evaluation_items(transform)`, whose items also say
+whether their image could be read.
 """
 
 from __future__ import annotations

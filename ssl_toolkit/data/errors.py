@@ -44,3 +44,8 @@ class NoReadableImagesError(RuntimeError):
 
 class UnreadableImageWarning(UserWarning):
     """An image file could not be decoded and was skipped; filter this category to silence it."""
+
+
+class SkippedFolderLinkWarning(UserWarning):
+    """A folder link inside an image folder was not followed: it loops, leads back into the dataset, or
+    its target is listed already."""

@@ -30,6 +30,17 @@ class ImageDataset(Dataset, ABC):
     def load_image(self, index: int) -> tuple[torch.Tensor, int]:
         """The untransformed uint8 image (C, H, W) of item `index` and its target."""
 
+    def load_readable(self, index: int) -> tuple[torch.Tensor | None, int]:
+        """Item `index` itself, with None for the image when it cannot be read; never another item.
+
+        Images held in memory can always be read; datasets that decode files override this.
+        """
+        return self.load_image(index)
+
+    def class_location(self, class_index: int) -> str:
+        """Where the images of a class come from, for messages (an image folder names the class folder)."""
+        return f"class {self.classes[class_index]!r}"
+
     @property
     @abstractmethod
     def channels(self) -> int:
@@ -54,6 +65,10 @@ class ImageDataset(Dataset, ABC):
         view.transform = transform
         return view
 
+    def evaluation_items(self, transform: Transform) -> EvaluationItems:
+        """Items `(transform(image), target, readable)`, each image its own (see `EvaluationItems`)."""
+        return EvaluationItems(self, transform)
+
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the pixels scaled to [0, 1], from a fixed, seeded sample of images.
 
@@ -63,6 +78,48 @@ class ImageDataset(Dataset, ABC):
         generator = torch.Generator().manual_seed(STATS_SEED)
         sample = torch.randperm(len(self), generator=generator)[:count].sort().values
         return stats_from_histogram(pixel_histogram(self.load_image(int(index))[0] for index in sample))
+
+
+class EvaluationItems(Dataset):
+    """Items `(transform(image), target, readable)` of an image dataset, for evaluation.
+
+    Training lets the next readable image stand in for an unreadable one; evaluation must not, or it would
+    count one sample (and its label) twice. Here an unreadable image gives a blank image and readable
+    False, so that feature extraction drops it, also when several processes share the items.
+
+    Attributes:
+        images: the dataset; `classes`, `num_classes` and `targets` are its own.
+    """
+
+    def __init__(self, images: ImageDataset, transform: Transform):
+        self.images = images
+        self.transform = transform
+
+    @property
+    def classes(self) -> list[str]:
+        return self.images.classes
+
+    @property
+    def num_classes(self) -> int:
+        return self.images.num_classes
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.images.targets
+
+    def class_location(self, class_index: int) -> str:
+        return self.images.class_location(class_index)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[object, int, bool]:
+        image, target = self.images.load_readable(index)
+        readable = image is not None
+        if not readable:
+            # The evaluation transform resizes every image, so a 1×1 blank batches with the others.
+            image = torch.zeros(self.images.channels, 1, 1, dtype=torch.uint8)
+        return self.transform(image), target, readable
 
 
 def pixel_histogram(images: Iterable[torch.Tensor]) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from ssl_toolkit.config import ConfigError
 from ssl_toolkit.eval.knn import knn_scores
 from ssl_toolkit.eval.metrics import top_k_accuracy
 from ssl_toolkit.eval.run import FEATURES, EvaluationRun
+from ssl_toolkit.run_dir import write_json
 
 DEFAULT_K = 200  # InstDisc (Wu et al. 2018) and solo-learn
 DEFAULT_TEMPERATURE = 0.07
@@ -57,8 +57,9 @@ def run_knn(
         num_test=len(test_y),
         feature_dim=train_x.shape[1],
         features=features,
+        unreadable_images=run.unreadable_images,
         seconds=time.perf_counter() - started,
     )
-    run.directory.knn.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(run.directory.knn, result)
     run.publish({f"knn/{key}": result[key] for key in ("top1", "top5", "k") if key in result})
     return result

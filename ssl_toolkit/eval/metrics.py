@@ -14,14 +14,20 @@ def top_k_accuracy(scores: torch.Tensor, targets: torch.Tensor, k: int) -> float
 
 
 def macro_auroc(probabilities: torch.Tensor, targets: torch.Tensor) -> float:
-    """Macro one-vs-rest AUROC over the classes present in `targets`; binary AUROC for 2 classes."""
+    """Macro one-vs-rest AUROC over the classes present in `targets` (binary AUROC when two are).
+
+    Classes without a test sample (an empty class folder) have no AUROC and are left out; with fewer than
+    two classes present there is none at all: NaN.
+    """
     y = targets.cpu().numpy()
-    p = probabilities.double().cpu().numpy()
-    if p.shape[1] == 2:
-        return float(roc_auc_score(y, p[:, 1]))
     present = np.unique(y)
-    if len(present) < p.shape[1]:  # scikit-learn needs a score column for exactly the present classes
-        p = p[:, present] / p[:, present].sum(axis=1, keepdims=True)
+    if len(present) < 2:
+        return float("nan")
+    # scikit-learn needs score columns for exactly the present classes, summing to 1.
+    p = probabilities.double().cpu().numpy()[:, present]
+    p = p / p.sum(axis=1, keepdims=True)
+    if len(present) == 2:
+        return float(roc_auc_score(y == present[1], p[:, 1]))
     return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=present))
 
 

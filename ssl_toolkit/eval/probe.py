@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.eval.linear_probe import evaluate_linear_probe
 from ssl_toolkit.eval.run import FEATURES, RANDOM_INIT, EvaluationRun
+from ssl_toolkit.run_dir import write_json
 
 FEATURE_CHOICES = (*FEATURES, "both")
 SUMMARY_KEYS = ("top1", "top5", "auroc", "features")
@@ -54,8 +54,9 @@ def run_probe(
         result["baselines"] = [RANDOM_INIT, run.baseline]
         for baseline in result["baselines"]:
             result[f"{baseline}_top1"] = probe(baseline)["top1"]
+    result["unreadable_images"] = run.unreadable_images
     result["seconds"] = time.perf_counter() - started
-    run.directory.probe.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(run.directory.probe, result)
 
     summary_keys = (*SUMMARY_KEYS, f"{RANDOM_INIT}_top1", f"{run.baseline}_top1")
     summary = {f"probe/{key}": value for key, value in result.items() if key in summary_keys}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import sys
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -12,8 +13,8 @@ from torch import nn
 
 from ssl_toolkit import build, tracking
 from ssl_toolkit.config import Config, ConfigError, load_config
-from ssl_toolkit.encoder_file import FEATURES, load_encoder
-from ssl_toolkit.eval.features import FeatureCache, extract_features
+from ssl_toolkit.encoder_file import FEATURES, EncoderFileError, load_encoder
+from ssl_toolkit.eval.features import FeatureCache, extract_features_and_readable
 from ssl_toolkit.run_dir import RunDirectory
 
 SPLITS = ("train", "test")
@@ -36,6 +37,10 @@ class EvaluationRun:
     single-process or under `accelerate launch`: every process embeds its share of each split. Feature
     kinds are `backbone` (h), `projection` (z), `random_init` (the same architecture, untrained) and the data
     kind's raw baseline (`baseline`, e.g. raw_pixels).
+
+    Items whose input cannot be read (a corrupt image file) are left out of the features, not replaced,
+    and counted in `unreadable` (per split); a class without items in a split is reported when the run
+    opens. Reports are one line each on stderr, from the main process.
     """
 
     def __init__(
@@ -46,14 +51,31 @@ class EvaluationRun:
         self.batch_size = batch_size
         try:
             self.trained = load_encoder(self.directory.encoder)
-        except FileNotFoundError as error:
+        except (FileNotFoundError, EncoderFileError) as error:
             raise ConfigError(str(error)) from None
         self.encoder, self.spec = self.trained.encoder, self.trained.spec
         self.kind = build.data_kind(self.config, preprocessing=self.trained.preprocessing)
         self.accelerator = build.evaluation_accelerator(self.config)
         self.train_set = self.kind.evaluation_dataset("train")
         self.test_set = self.kind.evaluation_dataset("test")
-        self.cache = FeatureCache(self.directory.features)
+        self.cache = FeatureCache(self.directory.features, report=self.report)
+        self.unreadable: dict[str, int] = {}  # split → items left out, once its features are known
+        for split, dataset in (("train", self.train_set), ("test", self.test_set)):
+            for location in classes_without_items(dataset):
+                self.report(
+                    f"{location}: no {split} images of this class; evaluation goes on with the other "
+                    "classes (AUROC over the classes present)"
+                )
+
+    def report(self, line: str) -> None:
+        """One line on stderr, from the main process only."""
+        if self.is_main_process:
+            print(line, file=sys.stderr)
+
+    @property
+    def unreadable_images(self) -> int:
+        """Items left out of the features of the splits embedded so far because they could not be read."""
+        return sum(self.unreadable.values())
 
     @property
     def baseline(self) -> str:
@@ -103,22 +125,41 @@ class EvaluationRun:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
         dataset = self.train_set if split == "train" else self.test_set
         if kind == self.baseline:  # as cheap to read again as to cache
-            embed = self.kind.baseline_features
-            return extract_features(embed, dataset, self.accelerator, batch_size=self.batch_size)
+            return self._extract(self.kind.baseline_features, dataset, split)
         name, key = f"{kind}_{split}", self._cache_key(kind, split, len(dataset))
-        cached = self.cache.load(name, key)
+        cached = self.cache.load_entry(name, key)
         if cached is not None:
-            return cached
+            features, targets, unreadable = cached
+            self._count_unreadable(split, unreadable)
+            return features, targets
         encoder = self.untrained_encoder if kind == RANDOM_INIT else self.encoder
         encoder = self.accelerator.prepare_model(encoder, evaluation_mode=True)
         embed = frozen_embedding(
             self.accelerator.unwrap_model(encoder), "projection" if kind == "projection" else "backbone"
         )
-        features, targets = extract_features(embed, dataset, self.accelerator, batch_size=self.batch_size)
+        features, targets = self._extract(embed, dataset, split)
         if self.is_main_process:
-            self.cache.save(name, key, features, targets)
+            self.cache.save(name, key, features, targets, unreadable=self.unreadable[split])
         self.accelerator.wait_for_everyone()
         return features, targets
+
+    def _extract(self, embed, dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The readable items' features and targets; the others are counted."""
+        features, targets, readable = extract_features_and_readable(
+            embed, dataset, self.accelerator, batch_size=self.batch_size
+        )
+        self._count_unreadable(split, int((~readable).sum()))
+        if not readable.any():
+            raise ConfigError(
+                f"none of the {len(readable)} {split} items of data.name={self.config.data.name!r} can be "
+                f"read (data.root={self.config.data.root}); point data.root at readable data"
+            )
+        return features[readable], targets[readable]
+
+    def _count_unreadable(self, split: str, count: int) -> None:
+        if count and split not in self.unreadable:
+            self.report(f"left out {count} unreadable {split} image(s): evaluation does not replace them")
+        self.unreadable[split] = count
 
     def _cache_key(self, kind: str, split: str, num_items: int) -> dict:
         key = {
@@ -140,6 +181,14 @@ class EvaluationRun:
         if not self.is_main_process:
             return False
         return tracking.publish(self.config, self.directory, summary, images)
+
+
+def classes_without_items(dataset) -> list[str]:
+    """Where each class of `dataset` that has no item would come from (e.g. its empty class folder)."""
+    targets = torch.as_tensor(dataset.targets)
+    counts = torch.bincount(targets[targets >= 0], minlength=dataset.num_classes)
+    describe = getattr(dataset, "class_location", lambda index: f"class {dataset.classes[index]!r}")
+    return [describe(index) for index in range(dataset.num_classes) if counts[index] == 0]
 
 
 def frozen_embedding(encoder: nn.Module, features: str):

@@ -42,9 +42,17 @@ class ImageKind(DataKind):
     def load_split(self, split: str) -> ImageDataset:
         data = self.config.data
         options = {}
-        if data.name == "imagefolder" and self._preprocessing is not None:
-            # imagefolder decides channels from a split's first image; the encoder expects the run's.
-            options["channels"] = self._preprocessing["channels"]
+        takes_channels = "channels" in DATASETS[data.name].options()
+        if data.channels is not None and not takes_channels:
+            raise ConfigError(
+                f"data.channels={data.channels}: only imagefolder takes it, {data.name} has its own; "
+                "remove data.channels (or set it to null)"
+            )
+        if takes_channels:
+            # The encoder's channels when it has been trained (evaluation), else data.channels; None lets
+            # the dataset decide from all its splits, so every split and evaluation agree.
+            stored = (self._preprocessing or {}).get("channels")
+            options["channels"] = stored if stored is not None else data.channels
         pretraining = self.run is not None and split == data.pretrain_split
         return create_dataset(
             data.name,
@@ -140,7 +148,9 @@ class ImageKind(DataKind):
         return eval_transform(preprocessing["image_size"], preprocessing["mean"], preprocessing["std"])
 
     def evaluation_dataset(self, split: str) -> Dataset:
-        return self.dataset(split).with_transform(self.evaluation_transform(self.preprocessing()))
+        # Items carry whether their image was readable: evaluation drops the others instead of reusing
+        # a neighbour, which would count one sample and its label twice.
+        return self.dataset(split).evaluation_items(self.evaluation_transform(self.preprocessing()))
 
     def baseline_features(self, inputs: torch.Tensor) -> torch.Tensor:
         if max(inputs.shape[-2:]) > RAW_PIXELS_MAX_SIDE:

@@ -40,18 +40,22 @@ def test_colour_folder_lists_sorted_classes_and_decodes_every_format_to_rgb(colo
     assert by_name["apple/img_0.png"].shape == (3, 10, 12)  # (C, H, W) from a 12×10 (W×H) file
 
 
-def test_gray_folder_stays_one_channel(gray_folder):
-    dataset = create_dataset("imagefolder", gray_folder, "test")
+def test_gray_folder_is_one_channel_unless_an_image_has_colour(gray_folder):
+    assert create_dataset("imagefolder", gray_folder, "test").channels == 3  # its one colour file
+    dataset = create_dataset("imagefolder", gray_folder, "test", channels=1)
     assert dataset.channels == 1
     images = {dataset.path(i).rsplit("/", 1)[1]: image for i, (image, _) in enumerate(_every_item(dataset))}
     assert all(image.shape[0] == 1 for image in images.values())
     assert images["z_16bit.png"].unique().tolist() == [round(40000 / 257)]  # 16-bit scaled to 8-bit
     assert images["z_colour.png"].shape == (1, 9, 9)
+    for split in ("train", "test"):
+        (gray_folder / split / "banana" / "z_colour.png").unlink()
+    assert create_dataset("imagefolder", gray_folder, "test").channels == 1
     assert create_dataset("imagefolder", gray_folder, "test", channels=3)[0][0].shape[0] == 3
 
 
 def test_channel_stats_sample_decoded_images(gray_folder):
-    dataset = create_dataset("imagefolder", gray_folder, "train")
+    dataset = create_dataset("imagefolder", gray_folder, "train", channels=1)
     pixels = torch.cat([image.flatten() for image, _ in _every_item(dataset)]).double() / 255
     mean, std = dataset.channel_stats()
     assert mean[0] == pytest.approx(pixels.mean().item()) and std[0] == pytest.approx(

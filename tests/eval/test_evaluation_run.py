@@ -102,7 +102,7 @@ def test_features_are_cached_and_recomputed_when_the_encoder_changes(tiny_run, t
         raise AssertionError("features were extracted again instead of read from the cache")
 
     with monkeypatch.context() as patch:
-        patch.setattr(evaluation_run, "extract_features", fail)
+        patch.setattr(evaluation_run, "extract_features_and_readable", fail)
         cached = EvaluationRun(run_dir).features("backbone", "test")
     assert torch.equal(cached[0], first[0]) and torch.equal(cached[1], first[1])
 

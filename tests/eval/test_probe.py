@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -104,3 +105,17 @@ def test_unknown_feature_choice_is_a_clear_error(tiny_run):
 
     with pytest.raises(ConfigError, match="backbone, projection, both"):
         run_probe(tiny_run, features="h")
+
+
+def test_auroc_is_over_the_classes_present():
+    generator = torch.Generator().manual_seed(0)
+    probabilities = torch.randn(60, 4, generator=generator).softmax(1)
+    targets = torch.randint(0, 2, (60,), generator=generator) * 2  # classes 0 and 2 only, of 4
+    kept = probabilities[:, [0, 2]]
+    expected = roc_auc_score(targets.numpy() == 2, (kept[:, 1] / kept.sum(1)).numpy())
+    assert macro_auroc(probabilities, targets) == pytest.approx(expected)
+    three = torch.randint(0, 3, (60,), generator=generator)  # class 3 absent
+    kept = probabilities[:, :3] / probabilities[:, :3].sum(1, keepdim=True)
+    expected = roc_auc_score(three.numpy(), kept.numpy(), multi_class="ovr", average="macro")
+    assert macro_auroc(probabilities, three) == pytest.approx(expected)
+    assert math.isnan(macro_auroc(probabilities, torch.ones(60, dtype=torch.long)))
