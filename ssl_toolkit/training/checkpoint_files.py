@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 from ssl_toolkit.config import Config, save_config
@@ -30,6 +32,11 @@ def _sha256(path: Path) -> str:
 def describe_checkpoint(folder: Path, progress: TrainingProgress, num_processes: int, config: Config) -> None:
     """Write the run's config and, last, progress.json with every file's size and digest into `folder`."""
     save_config(config, folder / CONFIG_FILE)
+    # safetensors creates its files 0600 whatever the umask: give them the mode config.yaml was created with.
+    ordinary_mode = stat.S_IMODE((folder / CONFIG_FILE).stat().st_mode)
+    for path in folder.iterdir():
+        if path.is_file():
+            os.chmod(path, ordinary_mode)
     files = {
         path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}
         for path in sorted(folder.iterdir())
