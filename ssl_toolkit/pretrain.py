@@ -11,6 +11,7 @@ import math
 import sys
 from pathlib import Path
 
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ssl_toolkit import build, distributed
@@ -61,7 +62,7 @@ def pretrain(config: Config) -> Path:
     return run.path
 
 
-def _train(config: Config, run: RunDirectory, accelerator, signals: StopSignals) -> None:
+def _train(config: Config, run: RunDirectory, accelerator: Accelerator, signals: StopSignals) -> None:
     set_seed(config.seed)  # before building the model, so the seed decides its initial weights
     kind = build.data_kind(config, run)
     dataset = kind.pretraining_dataset()
