@@ -75,9 +75,11 @@ def save_checkpoint(
             "train.clip_grad_norm, then resume with train.resume=auto"
         )
     if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
         with writing(partial):
             run.checkpoints.mkdir(parents=True, exist_ok=True)
+        # Saves killed halfway, by this run or an earlier session of it (the lock keeps others out).
+        for unfinished in run.checkpoints.glob(".tmp_*"):
+            shutil.rmtree(unfinished, ignore_errors=True)
     accelerator.wait_for_everyone()
     failure = None
     try:
