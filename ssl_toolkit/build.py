@@ -19,7 +19,7 @@ from ssl_toolkit import distributed
 from ssl_toolkit.config import Config, ConfigError
 from ssl_toolkit.eval.online import OnlineKNN
 from ssl_toolkit.kinds import DataKind, TrainingData, data_kind_class
-from ssl_toolkit.losses import create_loss
+from ssl_toolkit.losses import create_loss, loss_class
 from ssl_toolkit.optim import LrSchedule, create_optimizer, scale_lr
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training.epoch_seeded import EpochSeededDataset
@@ -94,17 +94,19 @@ def encoders(config: Config, kind: DataKind, num_processes: int) -> tuple[nn.Mod
 
 
 def loss(config: Config, dataset: Dataset) -> nn.Module:
-    """The loss `config.loss` names, with what it needs from the data (ArcFace: classes, dimension)."""
+    """The loss `config.loss` names, with what it needs from the data (a loss with class weights, such as
+    ArcFace or cross-entropy: the number of classes and the embedding dimension)."""
     options = dict(config.loss.options)
     if config.loss.supervised and dataset.targets.min() < 0:
         raise ConfigError(
             f"loss.supervised=true needs labels, but split {config.data.pretrain_split!r} of "
             f"{config.data.name} has unlabelled samples; choose a labelled data.pretrain_split"
         )
-    if config.loss.name == "arcface":
-        options.setdefault("num_classes", dataset.num_classes)
-        options.setdefault("embedding_dim", config.model.proj_dim)
     try:
+        if getattr(loss_class(config.loss.name), "needs_class_labels", False):
+            # Its weights have one row per class, each as wide as the projection output it receives.
+            options.setdefault("num_classes", dataset.num_classes)
+            options.setdefault("embedding_dim", config.model.proj_dim)
         return create_loss(config.loss.name, **options)
     except ValueError as error:
         raise ConfigError(f"loss.name={config.loss.name}: {error}") from None

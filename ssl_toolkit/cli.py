@@ -1,4 +1,4 @@
-"""The `ssl-toolkit` command: `pretrain`, `probe`, `knn`, `plot`, `recipes`.
+"""The `ssl-toolkit` command: `pretrain`, `probe`, `knn`, `plot`, `study`, `recipes`.
 
 Evaluation commands also run under `accelerate launch -m ssl_toolkit.cli probe RUN_DIR`: every process
 embeds its share of the data and the main process reports. Each command imports what it needs when it
@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ssl_toolkit import __version__
 from ssl_toolkit.config import ConfigError, packaged_recipes
+
+EXIT_INTERRUPTED = 4  # as pretraining's: stopped for a signal, resumable as it is
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -82,6 +85,28 @@ def _pretrain(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _study(args: argparse.Namespace) -> int:
+    from ssl_toolkit.study.report import write_reports
+    from ssl_toolkit.study.runner import StudyInterrupted, StudyRunner
+    from ssl_toolkit.study.spec import load_study
+
+    study = load_study(args.study)
+    runner = StudyRunner(study, args.output_dir or Path("runs") / "studies" / study.name)
+    if args.dry_run:
+        runner.dry_run()
+        return 0
+    try:
+        results = runner.run(retry_failed=args.retry_failed)
+    except StudyInterrupted as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    for path in write_reports(runner.directory.path, study.as_dict(), results):
+        print(f"wrote {path}")
+    failed = sum(result["status"] != "ok" for result in results)
+    print(f"{len(results)} runs, {failed} failed; results in {runner.directory.results}")
+    return 0
+
+
 def _recipes(args: argparse.Namespace) -> int:
     """Each packaged recipe's name and the first line of its comment."""
     recipes = packaged_recipes()
@@ -122,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pretrain.set_defaults(handler=_pretrain)
     commands.add_parser("recipes", help="list the packaged recipes").set_defaults(handler=_recipes)
+    study = commands.add_parser("study", help="run a grid of runs × seeds and report mean ± std tables")
+    study.add_argument("study", help="study YAML file (see ssl_toolkit/study/spec.py, recipes/studies/)")
+    study.add_argument("--output-dir", type=Path, help="where results go (default runs/studies/STUDY_NAME)")
+    study.add_argument("--dry-run", action="store_true", help="print every run's commands, run nothing")
+    study.add_argument("--retry-failed", action="store_true", help="run the failed (cell, seed) pairs again")
+    study.set_defaults(handler=_study)
     probe = _evaluation_parser(
         commands,
         "probe",

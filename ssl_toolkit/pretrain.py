@@ -11,6 +11,7 @@ import math
 import sys
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
@@ -138,23 +139,57 @@ def _train(config: Config, run: RunDirectory, accelerator: Accelerator, signals:
     log.finish(progress.step, config.views_per_sample)
 
 
+class OutOfMemory(Exception):
+    """The run could not allocate memory on its accelerator or on the host; the message says what to lower."""
+
+
+# Host allocation failures that PyTorch reports as a RuntimeError (Linux and macOS, Windows).
+HOST_OUT_OF_MEMORY_PHRASES = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
+LOWER_MEMORY_ADVICE = (
+    "lower train.batch_size, set train.grad_cache_chunk to fewer samples than the batch (or lower it), "
+    "lower data.image_size, or use train.mixed_precision=bf16 (or fp16)"
+)
+
+
+def out_of_memory(error: BaseException) -> OutOfMemory | None:
+    """`error` as an OutOfMemory when it is an allocation failure (CUDA or host memory), else None."""
+    if isinstance(error, torch.OutOfMemoryError):
+        where = "on the GPU"
+    elif isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and any(phrase in str(error) for phrase in HOST_OUT_OF_MEMORY_PHRASES)
+    ):
+        where = "on the host"
+    else:
+        return None
+    # PyTorch's own message (what it tried to allocate) is kept, on the same line as the advice.
+    detail = " ".join(str(error).split()) or type(error).__name__
+    return OutOfMemory(f"out of memory {where}: {LOWER_MEMORY_ADVICE} ({detail})")
+
+
 EXIT_CODES = (
     (ConfigError, 2),  # fix the config, the data or the run directory, then rerun
     (StorageFull, 2),  # free space, then resume
     (TrainingDiverged, 3),  # change the hyperparameters, then resume from the last good checkpoint
     (TrainingInterrupted, EXIT_INTERRUPTED),  # resume as it is
+    (OutOfMemory, 5),  # lower the memory a step needs, then rerun
 )
+# What `run` catches: the errors of EXIT_CODES, and those that may be an allocation failure.
+CAUGHT_ERRORS = (*(error_type for error_type, _ in EXIT_CODES), MemoryError, RuntimeError)
 
 
 def run(args: argparse.Namespace) -> int:
     """Pretrain from parsed arguments; the exit code: 0 done, 2 a bad config or input or a full disk,
-    3 the loss diverged, 4 stopped by a signal or a lost peer with the run resumable."""
+    3 the loss diverged, 4 stopped by a signal or a lost peer with the run resumable, 5 out of memory."""
     stop_with_parent()
     try:
         pretrain(load_config(args.recipe, args.overrides))
-    except tuple(error_type for error_type, _ in EXIT_CODES) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return next(code for error_type, code in EXIT_CODES if isinstance(error, error_type))
+    except CAUGHT_ERRORS as error:
+        known = out_of_memory(error) or error
+        code = next((code for error_type, code in EXIT_CODES if isinstance(known, error_type)), None)
+        if code is None:  # a bug, not a condition the user can fix: keep its traceback
+            raise
+        print(f"error: {known}", file=sys.stderr, flush=True)
+        return code
     return 0
 
 

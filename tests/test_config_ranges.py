@@ -19,6 +19,8 @@ BAD_VALUES = [
     ("data.image_size", "0", "ntxent", "at least 1"),
     ("data.num_workers", "-1", "ntxent", "0 or more"),
     ("data.channels", "2", "ntxent", "one of 1, 3"),
+    ("data.fraction", "0", "ntxent", "(0, 1]"),
+    ("data.fraction", "1.5", "ntxent", "(0, 1]"),
     ("augment.n_views", "1", "supcon", "at least 2"),
     ("augment.strength", "-0.5", "ntxent", "0 or more"),
     ("augment.strength", ".nan", "ntxent", "not finite"),
@@ -64,6 +66,9 @@ BAD_VALUES = [
     ("loss.embedding_dim", "0", "arcface", "at least 1"),
     ("loss.init_scale", "0", "sigmoid", "more than 0"),
     ("loss.init_bias", ".nan", "sigmoid", "not finite"),
+    ("loss.label_smoothing", "1", "cross_entropy", "[0, 1)"),
+    ("loss.label_smoothing", "-0.1", "cross_entropy", "[0, 1)"),
+    ("loss.neg_count", "0", "contrastive", "at least 1, or null"),
 ]
 
 # The loss settings a bad value is tried with: each of them loads as it is.
@@ -76,6 +81,7 @@ LOSS_SETTINGS = {
     "contrastive": ["loss.name=contrastive"],
     "sigmoid": ["loss.name=sigmoid"],
     "arcface": ["loss.name=arcface", "loss.supervised=true"],
+    "cross_entropy": ["loss.name=cross_entropy", "loss.supervised=true"],
 }
 
 
@@ -173,6 +179,8 @@ def test_the_bad_value_table_covers_every_range():
         "train.clip_grad_norm=null",
         "train.max_steps=null",
         "data.channels=1",
+        "data.fraction=1",
+        "data.fraction=0.001",
         "train.grad_cache_chunk=0",
     ],
 )

@@ -132,6 +132,18 @@ def test_a_kind_defined_in_a_test_pretrains_and_is_probed_through_the_real_loop(
     assert run_knn(run.path, k=10)["top1"] > 0.9
 
 
+def test_a_kind_without_its_own_subset_pretrains_on_a_stratified_fraction(vector_kind):
+    config = load_config(
+        None, ["data.name=test_clusters", "data.fraction=0.5", "loss.name=supcon", "augment.n_views=3"]
+    )
+    kind = vector_kind(config)
+    dataset = kind.pretraining_dataset()
+    assert len(dataset) == 200 and dataset.num_classes == CLASSES
+    assert torch.bincount(dataset.targets).tolist() == [50] * CLASSES
+    views, target = kind.training_data(dataset, torch.device("cpu")).dataset[7]
+    assert len(views) == 3 and target == int(dataset.targets[7])
+
+
 def _imports(path: Path) -> set[str]:
     modules = set()
     for node in ast.walk(ast.parse(path.read_text())):

@@ -34,6 +34,8 @@ def test_accelerate_launch_two_processes_then_evaluate(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "global batch 64 (2 processes)" in result.stdout
     run_dir = tmp_path / "two"
+    summary = RunDirectory(run_dir).read_summary()  # the peak memory, gathered over gloo
+    assert summary["peak_memory_kind"] == "cpu_max_rss" and summary["peak_memory_mb"] > 50
     assert [record["step"] for record in records(run_dir)] == [
         1,
         2,

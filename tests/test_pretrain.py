@@ -35,6 +35,8 @@ def test_two_step_run_writes_the_run_directory(tiny_run):
     summary = run.read_summary()
     assert summary["steps"] == 2 and summary["seconds"] > 0 and summary["final_loss"] == logged[-1]["loss"]
     assert summary["views_per_s"] == pytest.approx(2 * summary["samples_per_s"])
+    # On CPU, the process's resident-set high-water mark: PyTorch alone takes more than 50 MiB.
+    assert summary["peak_memory_kind"] == "cpu_max_rss" and 50 < summary["peak_memory_mb"] < 64 * 1024
 
 
 def test_encoder_file_rebuilds_the_model_with_its_preprocessing(tiny_run):

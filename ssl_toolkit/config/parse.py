@@ -119,7 +119,7 @@ def _validate_loss(section: LossSection) -> None:
             valid_range.check(f"loss.{key}", section.options[key])
 
 
-def _config_keys() -> list[str]:
+def config_keys() -> list[str]:
     """Every key of the schema: top-level keys and `section.key`, with the options of every loss."""
     from ssl_toolkit.losses import LOSSES
 
@@ -134,7 +134,7 @@ def _config_keys() -> list[str]:
 
 
 def _validate_resume_allow(allowed: list[str]) -> None:
-    valid = [*_config_keys(), *RESUME_ALLOW_SPECIAL]
+    valid = [*config_keys(), *RESUME_ALLOW_SPECIAL]
     for item in allowed:
         if item not in valid:
             raise ConfigError(

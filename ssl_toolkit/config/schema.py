@@ -33,6 +33,7 @@ class DataSection:
     num_workers: int = 0
     download: bool = False  # torchvision datasets only; never at run time unless asked
     pretrain_split: str = "train"  # e.g. train+unlabeled for stl10
+    fraction: float = 1.0  # pretrain on this seeded, stratified share of pretrain_split; evaluation on all
     channels: int | None = None  # image channels, 1 or 3; None: 3 if any image of any split has colour
 
 
@@ -218,6 +219,7 @@ RANGES: dict[str, Range] = {
     "data.image_size": AT_LEAST_1,
     "data.num_workers": NON_NEGATIVE,
     "data.channels": Range(choices=(1, 3), null_means="3 if any image has colour"),
+    "data.fraction": Range(low=0, low_open=True, high=1, note="the share of each class pretraining reads"),
     "augment.n_views": Range(low=2, note="a positive pair needs two views of an image"),
     "augment.strength": NON_NEGATIVE,
     "augment.min_scale": Range(low=0, low_open=True, high=1, null_means="the preset's value"),
@@ -255,6 +257,8 @@ LOSS_OPTION_RANGES: dict[str, Range] = {
     "init_bias": Range(),
     "num_classes": Range(low=2),
     "embedding_dim": AT_LEAST_1,
+    "label_smoothing": Range(low=0, high=1, high_open=True, note="1 would ignore the labels"),
+    "neg_count": Range(low=1, null_means="every negative"),
 }
 LOSS_SPECIFIC_RANGES: dict[str, Range] = {
     "arcface.margin": Range(low=0, high=math.pi / 2, high_open=True, note="an angle in radians, below π/2"),
@@ -291,10 +295,15 @@ def validate(config: Config) -> None:
     _validate_loss_and_views(config)
 
 
+# The losses that classify each embedding against learnable class weights: they need class labels, and
+# a single sample is a batch for them. Their classes have `needs_class_labels` (a test keeps the two agreed).
+CLASS_WEIGHT_LOSSES = ("arcface", "cross_entropy")
+
+
 def _validate_loss_and_views(config: Config) -> None:
     loss = config.loss
-    if loss.name == "arcface" and not loss.supervised:
-        raise ConfigError("loss.name=arcface needs class labels: set loss.supervised=true")
+    if loss.name in CLASS_WEIGHT_LOSSES and not loss.supervised:
+        raise ConfigError(f"loss.name={loss.name} needs class labels: set loss.supervised=true")
     if loss.name == "ntxent":
         if loss.supervised:
             raise ConfigError(
@@ -306,9 +315,10 @@ def _validate_loss_and_views(config: Config) -> None:
                 "(augment.n_views + augment.small_crops); use loss.name=supcon, which with one label per "
                 "sample is NT-Xent over any number of views"
             )
-    if loss.name != "arcface" and config.train.batch_size < 2:
+    if loss.name not in CLASS_WEIGHT_LOSSES and config.train.batch_size < 2:
         raise ConfigError(
             f"train.batch_size={config.train.batch_size} must be at least 2 for loss.name={loss.name}: "
-            "a contrastive loss needs the other samples of the batch as negatives "
-            "(only loss.name=arcface, which compares with class centres, trains on single samples)"
+            "a contrastive loss needs the other samples of the batch as negatives (only "
+            f"loss.name={' or '.join(CLASS_WEIGHT_LOSSES)}, which compare with class weights, train on "
+            "single samples)"
         )

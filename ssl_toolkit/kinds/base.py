@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from ssl_toolkit.config import Config, ConfigError
 from ssl_toolkit.encoder_file import save_encoder
+from ssl_toolkit.kinds.fraction import TargetedSubset, stratified_indices
 from ssl_toolkit.run_dir import RunDirectory
 
 
@@ -62,6 +63,7 @@ class DataKind(ABC):
         self.config = config
         self.run = run
         self._preprocessing = preprocessing
+        self._pretraining_split: Dataset | None = None
         self._pretraining_dataset: Dataset | None = None
 
     # -- which datasets ---------------------------------------------------------------------------------
@@ -81,11 +83,25 @@ class DataKind(ABC):
         except self.load_errors as error:
             raise ConfigError(f"data.name={self.config.data.name!r}: {error}") from None
 
+    def pretraining_split(self) -> Dataset:
+        """The whole split `data.pretrain_split`, loaded once."""
+        if self._pretraining_split is None:
+            self._pretraining_split = self.dataset(self.config.data.pretrain_split)
+        return self._pretraining_split
+
     def pretraining_dataset(self) -> Dataset:
-        """The split `data.pretrain_split`, loaded once."""
+        """What pretraining reads: `pretraining_split()`, or with `data.fraction` below 1 its seeded,
+        stratified fraction (`stratified_indices`), the same on every process."""
         if self._pretraining_dataset is None:
-            self._pretraining_dataset = self.dataset(self.config.data.pretrain_split)
+            split, fraction = self.pretraining_split(), self.config.data.fraction
+            if fraction < 1:
+                split = self.subset(split, stratified_indices(split.targets, fraction, self.config.seed))
+            self._pretraining_dataset = split
         return self._pretraining_dataset
+
+    def subset(self, dataset: Dataset, indices: torch.Tensor) -> Dataset:
+        """The items `indices` of `dataset`, with their `targets` and the dataset's `num_classes`."""
+        return TargetedSubset(dataset, indices)
 
     # -- pretraining --------------------------------------------------------------------------------------
     @abstractmethod

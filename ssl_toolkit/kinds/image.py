@@ -21,6 +21,7 @@ from ssl_toolkit.augment import (
 )
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.data import DATASETS, ImageDataset, NoReadableImagesError, create_dataset
+from ssl_toolkit.data.subset import ImageSubset
 from ssl_toolkit.kinds.base import DataKind, TrainingData, register_data_kind
 from ssl_toolkit.models import EncoderSpec, create_encoder
 
@@ -68,7 +69,9 @@ class ImageKind(DataKind):
         return {**super().preprocessing(), "image_size": self.config.data.image_size}
 
     def measure_preprocessing(self) -> dict:
-        dataset = self.pretraining_dataset()
+        # The whole split even with data.fraction: a dataset's normalisation is then the same in every
+        # run, and runs on different fractions differ only in the samples they train on.
+        dataset = self.pretraining_split()
         mean, std = dataset.channel_stats()
         return {
             "image_size": self.config.data.image_size,
@@ -78,6 +81,9 @@ class ImageKind(DataKind):
         }
 
     # -- pretraining --------------------------------------------------------------------------------------
+    def subset(self, dataset: ImageDataset, indices: torch.Tensor) -> ImageSubset:
+        return ImageSubset(dataset, indices)
+
     def view_params(self) -> list[ViewParams]:
         """The views that `config.augment` asks for, as its preset resolves them for these images."""
         augment, stats = self.config.augment, self.preprocessing()

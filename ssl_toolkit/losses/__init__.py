@@ -1,8 +1,9 @@
 """Contrastive and metric-learning losses; tensors in, scalar out.
 
-Each loss normalises its inputs, computes similarities in float32 even under autocast and, with
-`gather_distributed=True`, takes every process's embeddings as candidates with global means; the contract
-is in docs/losses.md. `loss_over_views` gives any of them the views of a batch.
+Each loss normalises its inputs (but the cross-entropy classifier, which reads them as they are), computes
+similarities in float32 even under autocast and, with `gather_distributed=True`, takes every process's
+embeddings as candidates with global means; the contract is in docs/losses.md. `loss_over_views` gives
+any of them the views of a batch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import nn
 from ssl_toolkit.losses.arcface import ArcFaceLoss
 from ssl_toolkit.losses.coles import ColesLoss, SoftmaxLoss
 from ssl_toolkit.losses.contrastive import ContrastiveLoss
+from ssl_toolkit.losses.cross_entropy import CrossEntropyLoss
 from ssl_toolkit.losses.ntxent import NTXentLoss
 from ssl_toolkit.losses.sigmoid import SigmoidLoss
 from ssl_toolkit.losses.supcon import SupConLoss
@@ -26,6 +28,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "contrastive": ContrastiveLoss,
     "sigmoid": SigmoidLoss,
     "arcface": ArcFaceLoss,
+    "cross_entropy": CrossEntropyLoss,
 }
 ALIASES = {"softmax": "coles"}  # CoLES calls its loss the softmax loss
 
@@ -50,6 +53,7 @@ __all__ = [
     "ArcFaceLoss",
     "ColesLoss",
     "ContrastiveLoss",
+    "CrossEntropyLoss",
     "NTXentLoss",
     "SigmoidLoss",
     "SoftmaxLoss",

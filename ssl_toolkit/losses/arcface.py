@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_toolkit.losses.candidates import check_positive, normalized_float
+from ssl_toolkit.losses.candidates import check_class_labels, check_positive, normalized_float
 
 
 class ArcFaceLoss(nn.Module):
@@ -56,15 +56,7 @@ class ArcFaceLoss(nn.Module):
         """Scaled logits (N, C) for embeddings (N, D) with class labels (N,), margin on the true class."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
             raise ValueError(f"expected embeddings (N, {self.embedding_dim}), got {tuple(embeddings.shape)}")
-        if labels.shape != (embeddings.shape[0],):
-            raise ValueError(f"expected labels ({embeddings.shape[0]},), got {tuple(labels.shape)}")
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(
-                f"labels must be in [0, num_classes={self.num_classes}), "
-                f"got values from {labels.min().item()} to {labels.max().item()}"
-            )
+        check_class_labels(labels, embeddings.shape[0], self.num_classes)
         z = normalized_float(embeddings)
         centres = F.normalize(self.centres.to(z.dtype), dim=1)
         cosine = (z @ centres.T).clamp(-1.0, 1.0)  # rounding can step just outside [−1, 1]

@@ -26,6 +26,19 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def check_class_labels(labels: torch.Tensor, num_rows: int, num_classes: int) -> None:
+    """Raise ValueError unless `labels` are `num_rows` integer class indices in [0, num_classes)."""
+    if labels.shape != (num_rows,):
+        raise ValueError(f"expected labels ({num_rows},), got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"labels must be in [0, num_classes={num_classes}), "
+            f"got values from {labels.min().item()} to {labels.max().item()}"
+        )
+
+
 @dataclass
 class Candidates:
     """Embeddings (T, D) and labels (T,) of every process; this process's rows start at row `start`."""

@@ -7,6 +7,7 @@ the last step, and with every evaluation.
 
 from __future__ import annotations
 
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -133,8 +134,26 @@ class RunLog:
         self.bar.close()
         self.accelerator.end_training()
 
+    def _peak_memory(self) -> dict:
+        """`peak_memory_mb` (MiB), the largest over the processes, and `peak_memory_kind`: on CUDA the most
+        memory PyTorch's tensors held on the process's GPU (`cuda_allocated`), elsewhere the process's
+        resident-set high-water mark (`cpu_max_rss`, DataLoader workers not included). A collective."""
+        device = self.accelerator.device
+        if device.type == "cuda":
+            kind, megabytes = "cuda_allocated", torch.cuda.max_memory_allocated(device) / 2**20
+        else:
+            # ru_maxrss is in KiB on Linux, in bytes on macOS.
+            max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            kind, megabytes = "cpu_max_rss", max_rss / (2**20 if sys.platform == "darwin" else 2**10)
+        # Accelerate's reduce has sum and mean but no max; a gather works on gloo and NCCL alike. float32
+        # (exact to the MiB up to 16 TiB) because some devices (MPS) have no float64.
+        every_process = self.accelerator.gather(torch.tensor([megabytes], dtype=torch.float32, device=device))
+        return {"peak_memory_mb": float(every_process.max()), "peak_memory_kind": kind}
+
     def finish(self, step: int, views_per_sample: int) -> dict:
-        """Close the session's reporting; writes and returns pretrain.json's summary (main process)."""
+        """Close the session's reporting; writes and returns pretrain.json's summary (main process).
+
+        Runs on every process: the peak memory is gathered from all of them."""
         seconds = time.perf_counter() - self.started
         summary = {
             "seconds": seconds,
@@ -144,6 +163,7 @@ class RunLog:
             "samples_per_s": self.samples / max(seconds, 1e-9),
             "views_per_s": self.samples * views_per_sample / max(seconds, 1e-9),
             "final_loss": self.last_loss,
+            **self._peak_memory(),
         }
         if self.accelerator.is_main_process:
             self.run.write_summary(summary)

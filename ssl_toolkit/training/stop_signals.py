@@ -121,14 +121,9 @@ def _parent_is_a_launcher() -> bool:
     return any(word in command for word in LAUNCHER_WORDS)
 
 
-def stop_with_parent() -> None:
-    """Under `accelerate launch` or torchrun, ask Linux to send this process SIGTERM when the launcher dies.
-
-    A launcher killed by a signal it does not forward (any signal, for the single-process launcher) would
-    otherwise leave the run training unseen; now it stops with a checkpoint. A run started from a shell is
-    left alone: `nohup` runs must outlive their shell.
-    """
-    if not sys.platform.startswith("linux") or not _parent_is_a_launcher():
+def sigterm_when_parent_dies() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (elsewhere: nothing)."""
+    if not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -136,6 +131,17 @@ def stop_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
     except (OSError, AttributeError):
         return
+
+
+def stop_with_parent() -> None:
+    """Under `accelerate launch` or torchrun, stop (with a checkpoint) when the launcher dies.
+
+    A launcher killed by a signal it does not forward (any signal, for the single-process launcher) would
+    otherwise leave the run training unseen. A run started from a shell is left alone: `nohup` runs must
+    outlive their shell.
+    """
+    if _parent_is_a_launcher():
+        sigterm_when_parent_dies()
 
 
 def ignore_stop_signals(worker_id: int | None = None) -> None:

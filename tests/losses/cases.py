@@ -10,11 +10,11 @@ LABEL_LAYOUTS = {
     "large_ids": [1000, 3, 1000, 3, 42, 42, 99, -5, 1000],  # arbitrary ids, singletons among them
     "smaller_last_class": [4, 4, 4, 9, 9],  # anchors of 9 have fewer positives than the most any has
 }
-# Layouts that are class indices in [0, C), for the losses that take only those (ArcFace).
+# Layouts that are class indices in [0, C), for the losses that take only those (ArcFace, cross-entropy).
 CLASS_INDEX_LAYOUTS = {name: labels for name, labels in LABEL_LAYOUTS.items() if min(labels) >= 0}
 
 # case -> (registered loss name, keyword arguments), for tests that run every loss. Embeddings are
-# EMBEDDING_DIM wide and labels below NUM_CLASSES, which ArcFace's arguments are sized for.
+# EMBEDDING_DIM wide and labels below NUM_CLASSES, which the class-weight losses' arguments are sized for.
 EMBEDDING_DIM = 4
 NUM_CLASSES = 8
 LOSS_CASES = {
@@ -25,6 +25,11 @@ LOSS_CASES = {
     "triplet_all": ("triplet", {"mining": "all", "margin": 0.5}),
     "triplet_hard": ("triplet", {"mining": "hard", "margin": 0.5}),
     "contrastive": ("contrastive", {"margin": 0.8}),
+    "contrastive_hard_negatives": ("contrastive", {"margin": 1.2, "neg_count": 2}),
     "sigmoid": ("sigmoid", {}),
     "arcface": ("arcface", {"num_classes": NUM_CLASSES, "embedding_dim": EMBEDDING_DIM}),
+    "cross_entropy": (
+        "cross_entropy",
+        {"num_classes": NUM_CLASSES, "embedding_dim": EMBEDDING_DIM, "label_smoothing": 0.1},
+    ),
 }
