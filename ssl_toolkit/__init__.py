@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 _EXPORTS = {  # module: the names it gives the top level
     "ssl_toolkit.losses": (
         "LOSSES create_loss loss_over_views NTXentLoss SupConLoss "
-        "ColesLoss TripletLoss ContrastiveLoss SigmoidLoss ArcFaceLoss"
+        "ColesLoss TripletLoss ContrastiveLoss SigmoidLoss ArcFaceLoss CrossEntropyLoss"
     ),
     "ssl_toolkit.augment": "BatchViews PerImageViews ViewParams eval_transform preset_views",
     "ssl_toolkit.data": "DATASETS create_dataset",

@@ -86,7 +86,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from ssl_toolkit.study.report import write_reports
+    from ssl_toolkit.study.report import publish_study_reports, write_reports
     from ssl_toolkit.study.runner import StudyInterrupted, StudyRunner
     from ssl_toolkit.study.spec import load_study
 
@@ -100,8 +100,11 @@ def _study(args: argparse.Namespace) -> int:
     except StudyInterrupted as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    for path in write_reports(runner.directory.path, study.as_dict(), results):
+    written = write_reports(runner.directory.path, study.as_dict(), results)
+    for path in written:
         print(f"wrote {path}")
+    if study.logs_to_wandb():
+        publish_study_reports(study.name, runner.directory.path, results, written)
     failed = sum(result["status"] != "ok" for result in results)
     print(f"{len(results)} runs, {failed} failed; results in {runner.directory.results}")
     return 0

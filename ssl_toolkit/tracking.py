@@ -37,6 +37,8 @@ def init_trackers(accelerator: Accelerator, config: Config, run: RunDirectory) -
     if "wandb" in config.log.trackers:
         _offline_wandb_defaults()
         init_kwargs["wandb"] = {"name": config.run.name, "dir": str(run.path)}
+        if config.log.group is not None:
+            init_kwargs["wandb"]["group"] = config.log.group
     accelerator.init_trackers(PROJECT, config=flat_hyperparameters(config), init_kwargs=init_kwargs)
 
 
@@ -73,3 +75,22 @@ def publish(config: Config, run: RunDirectory, summary: dict, images: dict[str, 
     finally:
         wandb_run.finish()
     return True
+
+
+def publish_study(
+    group: str, directory: Path, tables: dict[str, tuple[list[str], list[list]]], images: dict[str, Path]
+) -> None:
+    """Log a study's tables (name → (columns, rows)) and plots to a W&B run of its own in the study's group
+    (offline unless WANDB_MODE says otherwise), beside the study's runs, which joined it via `log.group`."""
+    import wandb
+
+    _offline_wandb_defaults()
+    wandb_run = wandb.init(
+        project=PROJECT, group=group, name=f"{group} (tables)", job_type="study", dir=str(directory)
+    )
+    try:
+        logged = {name: wandb.Table(columns=columns, data=rows) for name, (columns, rows) in tables.items()}
+        logged.update({name: wandb.Image(str(path)) for name, path in images.items()})
+        wandb_run.log(logged)
+    finally:
+        wandb_run.finish()

@@ -70,9 +70,11 @@ REGISTRY_LOSSES: dict[str, tuple[str, Callable[[int], dict[str, object]]]] = {
     "triplet_all": ("triplet", lambda dim: {"mining": "all"}),
     "triplet_hard": ("triplet", lambda dim: {"mining": "hard"}),
     "contrastive": ("contrastive", lambda dim: {}),
+    "contrastive_hard_16": ("contrastive", lambda dim: {"neg_count": 16}),
     "coles": ("coles", lambda dim: {}),
     "sigmoid": ("sigmoid", lambda dim: {}),
     "arcface": ("arcface", lambda dim: {"num_classes": NUM_CLASSES, "embedding_dim": dim}),
+    "cross_entropy": ("cross_entropy", lambda dim: {"num_classes": NUM_CLASSES, "embedding_dim": dim}),
 }
 ALL_LOSSES = CORE_LOSSES + tuple(REGISTRY_LOSSES)
 

@@ -110,6 +110,7 @@ class LogSection:
     trackers: list[str] = field(default_factory=lambda: ["wandb"])
     every: int = 10
     knn_every: int = 0  # steps between online kNN evaluations on the test split (0 = never)
+    group: str | None = None  # the W&B group of the run (a study sets it to the study's name)
 
 
 @dataclass

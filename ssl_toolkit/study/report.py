@@ -704,3 +704,24 @@ def _check_keys(grid: Mapping[str, Sequence], keys: Mapping[str, str]) -> None:
     for role, key in keys.items():
         if key not in grid:
             raise ValueError(f"{role} key {key!r} is not a grid key; grid keys: {', '.join(grid) or 'none'}")
+
+
+def publish_study_reports(group: str, directory: Path, results: list[Mapping], written: list[Path]) -> None:
+    """The study's results and summary as W&B tables, and its plots, in the study's W&B group."""
+    from ssl_toolkit.tracking import publish_study
+
+    runs = latest_runs(results)
+    metrics = metric_names(runs)
+    result_columns = ["cell", "seed", "status", "message", *metrics]
+    result_rows = [[run.get(key) for key in result_columns] for run in runs]
+    summary_rows = [
+        [cell, metric, values["mean"], values["std"], values["n"]]
+        for cell, entry in summarize(runs, metrics).items()
+        for metric, values in entry["metrics"].items()
+    ]
+    tables = {
+        "results": (result_columns, result_rows),
+        "summary": (["cell", "metric", "mean", "std", "n"], summary_rows),
+    }
+    images = {path.stem: path for path in written if path.suffix == ".png"}
+    publish_study(group, Path(directory), tables, images)

@@ -151,6 +151,7 @@ class StudyRunner:
             f"seed={seed}",
             f"run.output_dir={self.directory.runs}",
             f"run.name={name}",
+            f"log.group={self.study.name}",  # one W&B group for the study's runs (when W&B is on)
             "train.resume=auto",  # a fresh run the first time, the rest of a killed one afterwards
         ]
 

@@ -86,6 +86,15 @@ class Study:
     def name(self) -> str:
         return self.source.stem
 
+    def logs_to_wandb(self) -> bool:
+        """Whether the base recipe with the study's overrides logs to W&B."""
+        from ssl_toolkit.config import load_config
+
+        try:
+            return "wandb" in load_config(self.recipe, self.overrides).log.trackers
+        except ConfigError:
+            return False
+
     def cells(self) -> list[Cell]:
         keys = list(self.grid)
         return [

@@ -180,3 +180,16 @@ def test_a_dry_run_prints_every_run_and_runs_nothing(tmp_path, capsys):
     assert printed.count("-m ssl_toolkit.pretrain") == 6 and printed.count("ssl_toolkit.cli knn") == 6
     assert "loss.temperature=0.2 seed=2" in printed
     assert not output.exists()
+
+
+def test_the_shipped_studies_and_the_readmes_example_load(tmp_path):
+    shipped = sorted((REPO / "ssl_toolkit" / "recipes" / "studies").glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        assert load_study(path).cells()
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Studies") :]
+    example = re.search(r"```yaml\n(.*?)```", section, flags=re.DOTALL).group(1)
+    (tmp_path / "example.yaml").write_text(example)
+    study = load_study(tmp_path / "example.yaml")
+    assert len(study.cells()) == 6 and study.seeds == [0, 1, 2]
