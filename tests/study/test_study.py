@@ -16,6 +16,7 @@ from pretraining_runs import QUICKSTART, REPO, TINY_RUN
 
 from ssl_toolkit.cli import main as cli_main
 from ssl_toolkit.config import ConfigError
+from ssl_toolkit.study.runner import classify
 from ssl_toolkit.study.spec import load_study
 
 # Tiny runs: a few steps each, evaluated by kNN (seconds on 2 cores).
@@ -193,3 +194,34 @@ def test_the_shipped_studies_and_the_readmes_example_load(tmp_path):
     (tmp_path / "example.yaml").write_text(example)
     study = load_study(tmp_path / "example.yaml")
     assert len(study.cells()) == 6 and study.seeds == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "status"),
+    [
+        (5, "error: out of memory on the host: lower train.batch_size ...", "out_of_memory"),
+        (-signal.SIGKILL, None, "out_of_memory"),  # the kernel's OOM killer
+        (1, "error: out of memory on the GPU: ...", "out_of_memory"),  # a multi-process launcher's own code
+        (3, "error: the loss was NaN or infinite for 5 steps in a row ...", "diverged"),
+        (1, "error: the weights or BatchNorm statistics are NaN or infinite at step 3 ...", "diverged"),
+        (2, "error: loss.temperature=-1.0 must be more than 0", "error"),
+        (1, "RuntimeError: something else", "error"),
+    ],
+)
+def test_a_failed_runs_status_comes_from_its_exit_code_and_error_line(code, message, status):
+    assert classify(code, message) == status
+
+
+@pytest.mark.slow
+def test_cells_launch_on_several_processes_with_an_accelerate_config(tmp_path):
+    config = REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"
+    study = _write_study(
+        tmp_path, {"loss.temperature": [0.5]}, seeds=[0], evaluate=(), accelerate_config=str(config)
+    )
+    output = tmp_path / "out"
+    assert cli_main(["study", str(study), "--output-dir", str(output)]) == 0
+    (result,) = _results(output)
+    assert result["status"] == "ok", result
+    (log,) = (output / "logs").glob("*.log")
+    assert "global batch 64 (2 processes)" in log.read_text()
+    assert result["peak_memory_mb"] > 0
