@@ -24,18 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssl_toolkit.study.spec import METRICS
+
 # The metrics a study run measures, in the order tables, CSV columns and summaries list them.
-STANDARD_METRICS = (
-    "probe_top1",
-    "probe_top5",
-    "probe_auroc",
-    "knn_top1",
-    "pretrain_seconds",
-    "seconds_per_epoch",
-    "views_per_s",
-    "peak_memory_mb",
-    "final_loss",
-)
+STANDARD_METRICS = METRICS
 RUN_FIELDS = ("cell", "overrides", "seed", "status", "message", "run_dir")
 OK = "ok"
 FAILURE_PHRASES = {"out_of_memory": "out of memory", "diverged": "diverged", "error": "error"}
