@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.run_dir import RunDirectory, json_text
+from ssl_toolkit.study.report import read_results
 from ssl_toolkit.study.spec import Cell, Study, run_name
 from ssl_toolkit.training.run_claim import RunLock
 from ssl_toolkit.training.stop_signals import EXIT_INTERRUPTED, sigterm_when_parent_dies
@@ -40,9 +41,15 @@ class StudyDirectory:
         self.logs = self.path / "logs"
 
     def read_results(self) -> list[dict]:
+        return read_results(self.results)
+
+    def drop_partial_line(self) -> None:
+        """Cut a last line that a killed study left half written, so that the next one starts a line."""
         if not self.results.is_file():
-            return []
-        return [json.loads(line) for line in self.results.read_text().splitlines() if line.strip()]
+            return
+        text = self.results.read_bytes()
+        if text and not text.endswith(b"\n"):
+            self.results.write_bytes(text[: text.rfind(b"\n") + 1])
 
     def append_result(self, result: dict) -> None:
         with self.results.open("a") as handle:
@@ -189,6 +196,7 @@ class StudyRunner:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignoring else None
         try:
             shutil.copyfile(self.study.source, self.directory.path / "study.yaml")
+            self.directory.drop_partial_line()
             return self._run_missing(retry_failed)
         finally:
             if ignoring:

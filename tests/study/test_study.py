@@ -16,7 +16,7 @@ from pretraining_runs import QUICKSTART, REPO, TINY_RUN
 
 from ssl_toolkit.cli import main as cli_main
 from ssl_toolkit.config import ConfigError
-from ssl_toolkit.study.runner import classify
+from ssl_toolkit.study.runner import StudyDirectory, classify
 from ssl_toolkit.study.spec import load_study
 
 # Tiny runs: a few steps each, evaluated by kNN (seconds on 2 cores).
@@ -225,3 +225,14 @@ def test_cells_launch_on_several_processes_with_an_accelerate_config(tmp_path):
     (log,) = (output / "logs").glob("*.log")
     assert "global batch 64 (2 processes)" in log.read_text()
     assert result["peak_memory_mb"] > 0
+
+
+def test_a_result_line_cut_short_by_a_kill_is_dropped_before_the_next_is_appended(tmp_path):
+    directory = StudyDirectory(tmp_path)
+    directory.append_result({"cell": "a=1", "seed": 0, "status": "ok"})
+    with directory.results.open("a") as handle:
+        handle.write('{"cell": "a=2", "se')  # the study died here
+    assert [r["cell"] for r in directory.read_results()] == ["a=1"]
+    directory.drop_partial_line()
+    directory.append_result({"cell": "a=2", "seed": 0, "status": "ok"})
+    assert [r["cell"] for r in directory.read_results()] == ["a=1", "a=2"]
