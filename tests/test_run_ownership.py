@@ -80,9 +80,12 @@ def test_a_second_run_on_a_locked_directory_is_refused_and_a_dead_holders_lock_i
         process.send_signal(signal.SIGKILL)  # dies holding the lock
         process.communicate(timeout=60)
     assert all(json.loads(line) for line in metrics_before)  # never interleaved with another run's lines
-    resumed = pretrain_tiny(tmp_path, "busy", "train.resume=auto", "train.max_steps=12")
+    checkpointed = int(run.checkpoint_dirs()[-1].name.split("_")[1])
+    assert max(r["step"] for r in records(run.path)) >= checkpointed
+    resumed = pretrain_tiny(tmp_path, "busy", "train.resume=auto", f"train.max_steps={checkpointed + 3}")
     steps = [r["step"] for r in records(resumed)]
-    assert steps == list(range(1, 13))  # each step once: the records after the checkpoint were dropped
+    # Each step once: the records after the checkpoint (the killed run's last ones) were dropped.
+    assert steps == list(range(1, checkpointed + 4))
 
 
 def test_the_lock_is_released_when_the_run_ends_even_by_an_error(tmp_path):
