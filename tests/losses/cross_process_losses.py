@@ -63,6 +63,9 @@ def main(out_dir: Path) -> None:
     results = {case: losses_and_view_grads(case, rank) for case in CASES}
     placement = {"node_rank": int(os.environ["GROUP_RANK"]), "local_rank": int(os.environ["LOCAL_RANK"])}
     torch.save({"placement": placement, "results": results}, out_dir / f"rank{rank}.pt")
+    # Leave together: a process exiting while gloo still talks to the other aborts ("terminate called").
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
