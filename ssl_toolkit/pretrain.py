@@ -99,7 +99,8 @@ def _train(config: Config, run: RunDirectory, accelerator: Accelerator, signals:
         guard.remember_buffers()
         # forward and backward (plain or gradient-cached), then the batch's embeddings for the statistics
         loss, embeddings = step_fn(views, targets if config.loss.supervised else None)
-        if not guard.allows(loss, progress):  # a non-finite loss on any process: drop the gradients
+        # A non-finite loss on any process: drop the gradients (the same reduction shares stop signals).
+        if not guard.allows(loss, progress, signals.requested):
             optimizer.zero_grad(set_to_none=True)
             continue
         step = progress.step + 1
@@ -122,7 +123,7 @@ def _train(config: Config, run: RunDirectory, accelerator: Accelerator, signals:
             views=views,
             evaluate=evaluate,
         )
-        if signals.requested_everywhere(accelerator):
+        if guard.stop_everywhere:
             checkpoint = save_checkpoint(accelerator, run, progress, objective, config)
             log.close()
             raise TrainingInterrupted(

@@ -60,19 +60,15 @@ def extract_features(
     embed: Callable[[torch.Tensor], torch.Tensor],
     dataset: Dataset,
     accelerator: Accelerator | None = None,
-    *,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    device: torch.device | str | None = None,
+    **options,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`embed` applied to every readable item `(input, target[, readable])` of `dataset`, in order; returns
     features (N, D) and targets (N,) on the CPU, without the unreadable items.
 
-    See `extract_features_and_readable` for the processes and the device.
+    `options` (`batch_size`, `num_workers`, `device`) and the processes are those of
+    `extract_features_and_readable`.
     """
-    features, targets, readable = extract_features_and_readable(
-        embed, dataset, accelerator, batch_size=batch_size, num_workers=num_workers, device=device
-    )
+    features, targets, readable = extract_features_and_readable(embed, dataset, accelerator, **options)
     return features[readable], targets[readable]
 
 

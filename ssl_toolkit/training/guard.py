@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from ssl_toolkit.run_dir import RunDirectory
+from ssl_toolkit.training.checkpoint_files import latest_checkpoint_phrase
 from ssl_toolkit.training.progress import TrainingProgress
 
 
@@ -32,6 +33,7 @@ class NonFiniteGuard:
         self.run = run
         self.max_bad_steps = max_bad_steps
         self.bad_in_a_row = 0
+        self.stop_everywhere = False
         # The running statistics a forward pass updates in train mode (BatchNorm's mean, var and count).
         self.buffers = [buffer for buffer in model.buffers()]
         self.before_step = [buffer.detach().clone() for buffer in self.buffers]
@@ -47,15 +49,20 @@ class NonFiniteGuard:
         for kept, buffer in zip(self.before_step, self.buffers, strict=True):
             buffer.copy_(kept)
 
-    def allows(self, loss: torch.Tensor, progress: TrainingProgress) -> bool:
+    def allows(self, loss: torch.Tensor, progress: TrainingProgress, stop_requested: bool = False) -> bool:
         """True when the loss is finite on every process; otherwise counts a skipped step.
+
+        The same reduction tells every process whether any of them was asked to stop (`stop_requested`
+        here): `stop_everywhere` holds the answer, so that all stop after the same step.
 
         Raises:
             TrainingDiverged: the `max_bad_steps`-th non-finite loss in a row.
         """
-        # Every process must take the same decision, or the next gradient all-reduce would hang; this
-        # reduction is a device-host sync per step, a small price for never stepping on a NaN.
-        finite = self.accelerator.reduce(torch.isfinite(loss.detach()).float(), "sum").item()
+        # Every process must take the same decisions, or the next gradient all-reduce would hang; this
+        # reduction is the step's one device-host sync for both, a small price for never stepping on a NaN.
+        flags = torch.stack([torch.isfinite(loss.detach()).float(), loss.new_tensor(float(stop_requested))])
+        finite, stops = self.accelerator.reduce(flags.float(), "sum").tolist()
+        self.stop_everywhere = stops > 0
         if finite == self.accelerator.num_processes:
             self.bad_in_a_row = 0
             return True
@@ -66,8 +73,6 @@ class NonFiniteGuard:
             f"step {progress.step}: non-finite loss, step skipped ({self.bad_in_a_row} in a row)"
         )
         if self.bad_in_a_row >= self.max_bad_steps:
-            from ssl_toolkit.training.checkpoint import latest_checkpoint_phrase  # it raises TrainingDiverged
-
             raise TrainingDiverged(
                 f"the loss was NaN or infinite for {self.bad_in_a_row} steps in a row "
                 f"(train.max_bad_steps={self.max_bad_steps}) at step {progress.step}; "

@@ -17,9 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 EXIT_INTERRUPTED = 4  # stopped by a signal or a lost peer, checkpoint saved: resume with train.resume=auto
 # A launcher forwards the signal it got, and a terminal or SLURM signals every process too, so one Ctrl-C
@@ -98,10 +95,10 @@ class StopSignals:
             )
             os._exit(128 + received)
 
-    def requested_everywhere(self, accelerator: Accelerator) -> bool:
-        """Whether any process received a stop signal; the same answer on every process (a collective)."""
-        flag = torch.tensor(float(self.received is not None), device=accelerator.device)
-        return accelerator.reduce(flag, reduction="sum").item() > 0
+    @property
+    def requested(self) -> bool:
+        """Whether this process received a stop signal (the loop's guard tells every process of any)."""
+        return self.received is not None
 
 
 def _ignore_in_python(signum, frame) -> None:

@@ -33,3 +33,20 @@ LOSS_CASES = {
         {"num_classes": NUM_CLASSES, "embedding_dim": EMBEDDING_DIM, "label_smoothing": 0.1},
     ),
 }
+
+
+def assert_rejects_bad_class_labels(loss, embedding_dim: int) -> None:
+    """A loss over 4 classes refuses labels out of range, float labels, a wrong count, and embeddings of
+    the wrong width, each with a ValueError naming what is wrong."""
+    import pytest
+    import torch
+
+    for bad in ([0, 1, 2, 4], [0, -1, 2, 3]):
+        with pytest.raises(ValueError, match="labels"):
+            loss(torch.randn(4, embedding_dim), torch.tensor(bad))
+    with pytest.raises(ValueError, match="labels"):
+        loss(torch.randn(4, embedding_dim), torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="labels"):
+        loss(torch.randn(4, embedding_dim), torch.arange(3))
+    with pytest.raises(ValueError, match="embeddings"):
+        loss(torch.randn(4, embedding_dim - 1), torch.arange(4))

@@ -93,15 +93,21 @@ def test_shards_of_anchors_count_every_pair_once(monkeypatch, block_rows):
     torch.testing.assert_close(total_grad, whole_grad)
 
 
+@pytest.mark.parametrize("neg_count", [None, 2], ids=["all_pairs", "two_hardest_negatives"])
 @pytest.mark.parametrize("layout", ["pairs", "uneven_classes", "large_ids"])
-def test_gradient_is_correct_in_float64(layout):
+def test_gradient_is_correct_in_float64(layout, neg_count):
     labels = torch.tensor(LABEL_LAYOUTS[layout])
     generator = torch.Generator().manual_seed(12)
     embeddings = torch.randn(len(labels), 4, dtype=torch.float64, generator=generator, requires_grad=True)
     z = torch.nn.functional.normalize(embeddings.detach(), dim=1)
     distance = (2 - 2 * z @ z.T).clamp_min(1e-8).sqrt()
     assert (distance - 1.0).abs().min() > 1e-3  # finite differences need every hinge away from its kink
-    loss = ContrastiveLoss(margin=1.0)
+    if neg_count is not None:
+        # ... and every anchor's choice of negatives away from a tie that a small step could swap.
+        negatives = distance.masked_fill(labels[:, None] == labels[None, :], math.inf).sort(dim=1).values
+        finite = negatives[:, 1:].isfinite()
+        assert (negatives[:, 1:] - negatives[:, :-1])[finite].min() > 1e-3
+    loss = ContrastiveLoss(margin=1.0, neg_count=neg_count)
     assert torch.autograd.gradcheck(lambda e: loss(e, labels), (embeddings,))
 
 
@@ -233,22 +239,6 @@ def test_shards_of_anchors_choose_among_every_candidate():
     assert total.item() == pytest.approx(whole.item(), rel=1e-12)
     assert sum(count for _, count in shards).item() == whole_count.item() == expected_count
     torch.testing.assert_close(total_grad, whole_grad)
-
-
-@pytest.mark.parametrize("layout", ["pairs", "uneven_classes", "large_ids"])
-def test_hard_negative_gradient_is_correct_in_float64(layout):
-    labels = torch.tensor(LABEL_LAYOUTS[layout])
-    generator = torch.Generator().manual_seed(12)
-    embeddings = torch.randn(len(labels), 4, dtype=torch.float64, generator=generator, requires_grad=True)
-    z = torch.nn.functional.normalize(embeddings.detach(), dim=1)
-    distance = (2 - 2 * z @ z.T).clamp_min(1e-8).sqrt()
-    assert (distance - 1.0).abs().min() > 1e-3  # finite differences need every hinge away from its kink
-    # ... and every anchor's choice of negatives away from a tie that a small step could swap.
-    negatives = distance.masked_fill(labels[:, None] == labels[None, :], math.inf).sort(dim=1).values
-    finite = negatives[:, 1:].isfinite()
-    assert (negatives[:, 1:] - negatives[:, :-1])[finite].min() > 1e-3
-    loss = ContrastiveLoss(margin=1.0, neg_count=2)
-    assert torch.autograd.gradcheck(lambda e: loss(e, labels), (embeddings,))
 
 
 def test_neg_count_is_checked():
