@@ -37,8 +37,21 @@ def records(path: Path):
             yield record
 
 
+def flush() -> None:
+    """Wait for wandb-core to close every run's record log.
+
+    `run.finish()` only tells the service that a run is done; the service writes the last records and
+    closes the file afterwards, so a read right after `finish()` can miss them on a loaded machine.
+    Tearing the service down waits for that.
+    """
+    import wandb
+
+    wandb.teardown()
+
+
 def summary(run_dir: Path) -> dict:
     """The summary values that every W&B segment under `run_dir/wandb` set, the later ones winning."""
+    flush()
     values = {}
     for path in sorted((run_dir / "wandb").glob("*run-*/run-*.wandb"), key=lambda p: p.stat().st_mtime):
         for record in records(path):
@@ -49,4 +62,5 @@ def summary(run_dir: Path) -> dict:
 
 def run_ids(run_dir: Path) -> set[str]:
     """The run ids of every W&B segment under `run_dir/wandb`."""
+    flush()
     return {path.stem.removeprefix("run-") for path in (run_dir / "wandb").glob("*run-*/run-*.wandb")}
