@@ -20,7 +20,13 @@ EXIT_INTERRUPTED = 4  # as pretraining's: stopped for a signal, resumable as it 
 def _probe(args: argparse.Namespace) -> int:
     from ssl_toolkit.eval.probe import run_probe
 
-    result = run_probe(args.run_dir, args.overrides, features=args.features, baselines=args.baselines)
+    result = run_probe(
+        args.run_dir,
+        args.overrides,
+        features=args.features,
+        baselines=args.baselines,
+        weight_decay=args.weight_decay,
+    )
     if result is None:  # not the main process
         return 0
 
@@ -164,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument(
         "--baselines", action="store_true", help="also probe the untrained backbone and raw pixels"
+    )
+    probe.add_argument(
+        "--weight-decay",
+        type=float,
+        help="fit at this weight decay (one fit) instead of picking it on a validation split (seven fits)",
     )
     probe.set_defaults(handler=_probe)
     knn = _evaluation_parser(

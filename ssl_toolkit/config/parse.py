@@ -165,7 +165,10 @@ def _apply(config: Config, dotted_key: str, value: Any, *, source: str) -> None:
         )
     section = getattr(config, section_name)
     if isinstance(section, LossSection) and key not in ("name", "supervised"):
-        section.options[key] = value  # checked against the chosen loss's signature in _validate
+        if value is None:  # `loss.temperature=null`: drop the option, the loss's own default applies
+            section.options.pop(key, None)
+        else:
+            section.options[key] = value  # checked against the chosen loss's signature in _validate
         return
     hints = typing.get_type_hints(type(section))
     if key not in hints or key == "options":
@@ -241,8 +244,13 @@ def resolve_recipe(recipe: str | Path) -> Path:
     )
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *, complete: bool = True
+) -> Config:
     """Read a recipe (a path, or a packaged recipe's name), apply `section.key=value` overrides, validate.
+
+    `complete=False` checks keys and types only, not how the values fit together: a study's base, which
+    its cells complete (e.g. `loss.supervised=true` before each cell names its loss).
 
     Raises:
         ConfigError: a missing file, unknown key, wrong type or invalid value; the message names it.
@@ -260,9 +268,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for text in overrides:
         key, value = parse_override(text)
         _apply(config, key, value, source="command-line overrides")
-    _validate_loss(config.loss)
-    _validate_resume_allow(config.train.resume_allow)
-    validate(config)
+    if complete:
+        _validate_loss(config.loss)
+        _validate_resume_allow(config.train.resume_allow)
+        validate(config)
     return config
 
 

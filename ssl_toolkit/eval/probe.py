@@ -21,6 +21,7 @@ def run_probe(
     features: str = "backbone",
     baselines: bool = False,
     batch_size: int = 256,
+    weight_decay: float | None = None,
 ) -> dict | None:
     """Probe the run's frozen encoder on its dataset; writes probe.json and returns its contents.
 
@@ -28,8 +29,11 @@ def run_probe(
     and z under "projection". `baselines` adds `random_init_top1` (the same backbone, untrained) and the
     data kind's raw baseline (`raw_pixels_top1` for images) under the same probe. Under `accelerate launch`
     every process embeds its share of the data; the main process fits the probes, writes the file and
-    returns the result, the others None.
+    returns the result, the others None. `weight_decay` fixes the probe's decay; by default it is picked
+    on a validation split carved from train.
     """
+    if weight_decay is not None and not weight_decay >= 0:
+        raise ConfigError(f"--weight-decay {weight_decay} must be a number ≥ 0, e.g. 1e-4")
     if features not in FEATURE_CHOICES:
         raise ConfigError(f"--features {features!r} is not one of: {', '.join(FEATURE_CHOICES)}")
     started = time.perf_counter()
@@ -44,7 +48,9 @@ def run_probe(
 
     def probe(kind: str) -> dict:
         train, test = extracted[kind]
-        return evaluate_linear_probe(train, test, run.num_classes, seed=run.config.seed, device=run.device)
+        return evaluate_linear_probe(
+            train, test, run.num_classes, seed=run.config.seed, device=run.device, weight_decay=weight_decay
+        )
 
     primary = kinds[0]
     result = {**probe(primary), "features": primary, "classes": run.classes}

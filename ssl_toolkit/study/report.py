@@ -157,7 +157,12 @@ def summarize(results: Iterable[Mapping], metrics: Sequence[str] | None = None) 
 
 
 def markdown_table(
-    results: Iterable[Mapping], table: Mapping, grid: Mapping[str, Sequence], *, decimals: int | None = None
+    results: Iterable[Mapping],
+    table: Mapping,
+    grid: Mapping[str, Sequence],
+    *,
+    decimals: int | None = None,
+    cells: Sequence[Mapping] | None = None,
 ) -> str:
     """`table["metric"]` as markdown: rows and columns are the values of two grid keys, in grid order.
 
@@ -165,17 +170,29 @@ def markdown_table(
     and a cell whose n differs says so, as in `0.880 ± 0.010 (n=2)`. A cell whose runs all failed names the
     failure (`out of memory`, `diverged`, `error`); one with some failed runs adds them, as in
     `0.880 ± 0.010 (n=2; 1 diverged)`. Any other grid keys give one table per combination of their values,
-    under a heading naming it. Decimals follow `metric_decimals` unless given.
+    under a heading naming it; `table["where"]` ({key: value}) keeps only the runs with those values.
+    `cells` (the planned cells' values, for a grid of several mappings) leaves out the combinations, rows
+    and columns that no planned cell lies in; without it every value of the grid is laid out. A cell
+    planned but without a run yet reads `not run`. A table with `metrics` (a list) instead has one row per
+    cell and one column per metric. Decimals follow `metric_decimals` unless given.
     """
+    runs = _matching(latest_runs(results), table.get("where") or {})
+    if "metrics" in table:
+        return _per_cell_table(runs, table["metrics"], grid, decimals)
     metric, row_key, column_key = table["metric"], table["rows"], table["columns"]
     _check_keys(grid, {"rows": row_key, "columns": column_key})
     if row_key == column_key:
         raise ValueError(f"table of {metric}: rows and columns are both {row_key!r}")
     decimals = metric_decimals(metric) if decimals is None else decimals
-    runs = latest_runs(results)
     other_keys = [key for key in grid if key not in (row_key, column_key)]
-    lines = [f"### {metric} — rows `{row_key}`, columns `{column_key}`"]
+    lines = [f"### {metric} — rows `{row_key}`, columns `{column_key}`" + _where_text(table)]
+    planned = _planned(grid, cells, table.get("where"))
     for fixed in _combinations(grid, other_keys):
+        chosen, in_table = _matching(runs, fixed), _matching(planned, fixed)
+        rows = [value for value in grid[row_key] if _matching(in_table, {row_key: value})]
+        columns = [value for value in grid[column_key] if _matching(in_table, {column_key: value})]
+        if not rows or not columns:
+            continue
         if fixed:
             lines += [
                 "",
@@ -183,22 +200,56 @@ def markdown_table(
             ]
         cells = {
             (row, column): cell_statistics(
-                _matching(runs, {**fixed, row_key: grid[row_key][row], column_key: grid[column_key][column]}),
-                metric,
+                _matching(chosen, {row_key: rows[row], column_key: columns[column]}), metric
             )
-            for row in range(len(grid[row_key]))
-            for column in range(len(grid[column_key]))
+            for row in range(len(rows))
+            for column in range(len(columns))
         }
         usual_n = _usual_n(cells.values())
-        header = [f"{row_key} \\ {column_key}", *(_value_label(value) for value in grid[column_key])]
-        lines += ["", _markdown_row(header), "|" + "---|" + "---:|" * len(grid[column_key])]
-        for row, row_value in enumerate(grid[row_key]):
+        header = [f"{row_key} \\ {column_key}", *(_value_label(value) for value in columns)]
+        lines += ["", _markdown_row(header), "|" + "---|" + "---:|" * len(columns)]
+        for row, row_value in enumerate(rows):
             texts = [
-                _cell_text(cells[row, column], decimals, usual_n) for column in range(len(grid[column_key]))
+                _cell_text(cells[row, column], decimals, usual_n)
+                if _matching(in_table, {row_key: row_value, column_key: columns[column]})
+                else ""  # no cell planned here (a grid of several mappings)
+                for column in range(len(columns))
             ]
             lines.append(_markdown_row([_value_label(row_value), *texts]))
         lines += ["", _n_line(cells.values(), usual_n)]
     return "\n".join(lines) + "\n"
+
+
+def _per_cell_table(
+    runs: list[Mapping], metrics: Sequence[str], grid: Mapping[str, Sequence], decimals: int | None
+) -> str:
+    """One row per cell (named by the grid keys that vary), one column per metric."""
+    by_cell: dict[str, list[Mapping]] = {}
+    for run in runs:
+        by_cell.setdefault(_cell_name(run), []).append(run)
+    varying = [key for key, values in grid.items() if len(values) > 1] or list(grid)
+    lines = ["### " + ", ".join(metrics) + " — one row per cell"]
+    header = ["cell", *metrics]
+    lines += ["", _markdown_row(header), "|" + "---|" + "---:|" * len(metrics)]
+    everything = []
+    for cell_runs in by_cell.values():
+        overrides = cell_runs[0].get("overrides") or {}
+        label = ", ".join(f"{key}={_value_label(overrides[key])}" for key in varying if key in overrides)
+        stats = [cell_statistics(cell_runs, metric) for metric in metrics]
+        everything += stats
+        usual_n = _usual_n(stats)
+        texts = [
+            _cell_text(each, metric_decimals(metric) if decimals is None else decimals, usual_n)
+            for metric, each in zip(metrics, stats, strict=True)
+        ]
+        lines.append(_markdown_row([label or _cell_name(cell_runs[0]), *texts]))
+    lines += ["", _n_line(everything, _usual_n(everything))]
+    return "\n".join(lines) + "\n"
+
+
+def _where_text(entry: Mapping) -> str:
+    where = entry.get("where") or {}
+    return "".join(f", {key} = {_value_label(value)}" for key, value in where.items())
 
 
 def _cell_text(stats: CellStatistics, decimals: int, usual_n: int | None) -> str:
@@ -279,8 +330,14 @@ def plot_metric(
     path: str | Path,
     *,
     grid: Mapping[str, Sequence] | None = None,
+    where: Mapping[str, Any] | None = None,
+    cells: Sequence[Mapping] | None = None,
 ) -> Path:
     """PNG of `metric` (mean, sample-std error bars) against grid key `x`, one line per `group` value.
+
+    `where` ({key: value}) keeps only the runs with those values. With `cells` (the planned cells'
+    values, for a grid of several mappings), lines whose planned cells sit at a single x value, and x
+    values no line reaches, are left out.
 
     The x axis is categorical in grid order, unless every value is a number: then numeric, on a log scale
     when all are positive and span at least 100×. Any other grid keys give one line per combination too.
@@ -291,16 +348,27 @@ def plot_metric(
     from matplotlib.lines import Line2D
     from matplotlib.transforms import blended_transform_factory
 
-    runs = latest_runs(results)
+    runs = _matching(latest_runs(results), where or {})
     grid = _grid_from(runs, grid)
     _check_keys(grid, {"x": x} | ({"group": group} if group else {}))
     if group == x:
         raise ValueError(f"plot of {metric}: x and group are both {x!r}")
     x_values = list(grid[x])
-    numeric = all(_is_number(value) for value in x_values)
-    log_scale = numeric and min(x_values) > 0 and max(x_values) / min(x_values) >= 100
     line_keys = ([group] if group else []) + [key for key in grid if key not in (x, group)]
-    lines = list(_combinations(grid, line_keys))
+    # Only lines that have runs at two x values or more: one point is no line (a grid of several mappings
+    # crosses each axis with the others' base values).
+    planned = _planned(grid, cells, where)
+    lines = [
+        fixed
+        for fixed in _combinations(grid, line_keys)
+        if len({_value_key(cell["overrides"][x]) for cell in _matching(planned, fixed)})
+        >= min(2, len(x_values))
+    ]
+    x_values = [
+        value for value in x_values if any(_matching(planned, {**fixed, x: value}) for fixed in lines)
+    ]
+    numeric = bool(x_values) and all(_is_number(value) for value in x_values)
+    log_scale = numeric and min(x_values) > 0 and max(x_values) / min(x_values) >= 100
 
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
     on_x_axis = blended_transform_factory(axes.transData, axes.transAxes)
@@ -316,16 +384,16 @@ def plot_metric(
         colour = f"C{index % 10}"
         for position, value in enumerate(x_values):
             stats = cell_statistics(_matching(runs, {**fixed, x: value}), metric)
-            where = (value if numeric else position) + shift
+            at = (value if numeric else position) + shift
             if stats.n:
-                positions.append(where)
+                positions.append(at)
                 means.append(stats.mean)
                 stds.append(stats.std or 0.0)
                 if stats.failures:
                     note = ", ".join(f"{c} {_failure_phrase(s)}" for s, c in stats.failures.most_common())
                     axes.annotate(
                         note,
-                        (where, stats.mean),
+                        (at, stats.mean),
                         textcoords="offset points",
                         xytext=(4, 4),
                         fontsize=7,
@@ -335,9 +403,11 @@ def plot_metric(
                 failed.append(
                     f"{_value_label(value)}: {_failure_phrase(stats.failures.most_common(1)[0][0])}"
                 )
-                axes.plot(where, 0.0, "x", color=colour, transform=on_x_axis, clip_on=False, markersize=8)
+                axes.plot(at, 0.0, "x", color=colour, transform=on_x_axis, clip_on=False, markersize=8)
         # A key with one value in the grid tells the lines apart no more than the title does.
-        varying = {key: value for key, value in fixed.items() if len(grid[key]) > 1}
+        varying = {
+            key: value for key, value in fixed.items() if len(grid[key]) > 1 and key not in (where or {})
+        }
         label = ", ".join(f"{key}={_value_label(value)}" for key, value in varying.items()) or metric
         if failed:
             any_failed = True
@@ -360,9 +430,19 @@ def plot_metric(
 
 
 def paired_difference(
-    results: Iterable[Mapping], metric: str, axis: str, a: Any, b: Any, *, confidence: float = CONFIDENCE
+    results: Iterable[Mapping],
+    metric: str,
+    axis: str,
+    a: Any,
+    b: Any,
+    *,
+    confidence: float = CONFIDENCE,
+    by: Sequence[str] | None = None,
 ) -> dict:
     """`metric` at `axis = a` minus at `axis = b`, paired by seed and by the values of every other key.
+
+    `by` names the keys to pair on instead of every other key: the ones a and b share, when a and b
+    differ in more than `axis` (SupCon's temperature has no counterpart in cross-entropy).
 
     Returns `n` (pairs), `mean`, sample `std`, the t-interval `low`/`high` at `confidence`, `unpaired`
     (runs at a or b without an ok partner, failed ones included) and the `pairs` themselves. Statistics
@@ -380,7 +460,9 @@ def paired_difference(
         considered += 1
         if run.get("status") == OK and _finite(run.get(metric)) is not None:
             others = tuple(
-                (key, _value_key(value)) for key, value in sorted(overrides.items()) if key != axis
+                (key, _value_key(value))
+                for key, value in sorted(overrides.items())
+                if key != axis and (by is None or key in by)
             )
             sides[side][(_value_key(run.get("seed")), others)] = run
     pairs = []
@@ -389,7 +471,11 @@ def paired_difference(
         if run_b is None:
             continue
         value_a, value_b = _finite(run_a[metric]), _finite(run_b[metric])
-        others = {key: value for key, value in (run_a.get("overrides") or {}).items() if key != axis}
+        others = {
+            key: value
+            for key, value in (run_a.get("overrides") or {}).items()
+            if key != axis and (by is None or key in by)
+        }
         pairs.append(
             {
                 "seed": run_a.get("seed"),
@@ -434,10 +520,11 @@ def plot_paired_difference(
     path: str | Path,
     *,
     confidence: float = CONFIDENCE,
+    by: Sequence[str] | None = None,
 ) -> Path:
     """PNG of the paired differences a − b: one point per pair, their mean, its t-interval, a zero line."""
     plt = _pyplot()
-    paired = paired_difference(results, metric, axis, a, b, confidence=confidence)
+    paired = paired_difference(results, metric, axis, a, b, confidence=confidence, by=by)
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
     axes.axhline(0.0, color="black", linewidth=0.8, linestyle="--", label="no difference")
     pairs = paired["pairs"]
@@ -499,7 +586,7 @@ def write_reports(directory: str | Path, spec: Mapping, results: Iterable[Mappin
     metrics = metric_names(results)
     metrics += [metric for metric in dict.fromkeys(named) if metric not in metrics]
     paired = [
-        paired_difference(results, entry["metric"], entry["axis"], entry["a"], entry["b"])
+        paired_difference(results, entry["metric"], entry["axis"], entry["a"], entry["b"], by=entry.get("by"))
         for entry in spec.get("paired") or []
     ]
     written = [
@@ -512,14 +599,26 @@ def write_reports(directory: str | Path, spec: Mapping, results: Iterable[Mappin
     for entry in spec.get("plots") or []:
         metric, x, group = entry["metric"], entry["x"], entry.get("group")
         name = f"plot_{metric}_by_{x}" + (f"_per_{group}" if group else "")
+        name += "".join(f"_{key}_{_value_label(value)}" for key, value in (entry.get("where") or {}).items())
         written.append(
-            plot_metric(results, metric, x, group, directory / f"{_file_name(name)}.png", grid=grid)
+            plot_metric(
+                results,
+                metric,
+                x,
+                group,
+                directory / f"{_file_name(name)}.png",
+                grid=grid,
+                where=entry.get("where"),
+                cells=spec.get("cells"),
+            )
         )
     for entry in spec.get("paired") or []:
         metric, axis, a, b = entry["metric"], entry["axis"], entry["a"], entry["b"]
         name = f"paired_{metric}_{axis}_{_value_label(a)}_minus_{_value_label(b)}"
         written.append(
-            plot_paired_difference(results, metric, axis, a, b, directory / f"{_file_name(name)}.png")
+            plot_paired_difference(
+                results, metric, axis, a, b, directory / f"{_file_name(name)}.png", by=entry.get("by")
+            )
         )
     return written
 
@@ -535,7 +634,7 @@ def _tables_text(results: list[Mapping], spec: Mapping, paired: list[dict]) -> s
         + ", ".join(f"{count} {_failure_phrase(status)}" for status, count in statuses.most_common()),
     ]
     for table in spec.get("tables") or []:
-        parts += ["", markdown_table(results, table, spec["grid"]).rstrip("\n")]
+        parts += ["", markdown_table(results, table, spec["grid"], cells=spec.get("cells")).rstrip("\n")]
     if paired:
         parts += ["", "### Paired differences", ""]
         for entry in paired:
@@ -669,6 +768,12 @@ def _matching(runs: Iterable[Mapping], values: Mapping[str, Any]) -> list[Mappin
         if all(key in overrides and _same_value(overrides[key], value) for key, value in values.items()):
             chosen.append(run)
     return chosen
+
+
+def _planned(grid: Mapping[str, Sequence], cells: Sequence[Mapping] | None, where: Mapping | None) -> list:
+    """The planned cells as `_matching` reads runs: `cells`, or every combination of the grid's values."""
+    settings = cells if cells is not None else list(_combinations(grid, list(grid)))
+    return _matching([{"overrides": dict(values)} for values in settings], where or {})
 
 
 def _combinations(grid: Mapping[str, Sequence], keys: Sequence[str]) -> Iterable[dict]:

@@ -163,7 +163,10 @@ class StudyRunner:
         ]
 
     def evaluation_command(self, evaluation: str, run: RunDirectory) -> list[str]:
-        return [self.python, "-m", "ssl_toolkit.cli", evaluation, str(run.path)]
+        command = [self.python, "-m", "ssl_toolkit.cli", evaluation, str(run.path)]
+        if evaluation == "probe" and self.study.probe_weight_decay is not None:
+            command += ["--weight-decay", repr(self.study.probe_weight_decay)]
+        return command
 
     def planned(self) -> list[tuple[int, Cell, int]]:
         return [
@@ -228,7 +231,7 @@ class StudyRunner:
         name = run_name(index, cell, seed)
         run = RunDirectory(self.directory.runs / name)
         log = self.directory.logs / f"{name}.log"
-        result = {"cell": cell.name, "overrides": cell.overrides, "seed": seed, "status": "ok",
+        result = {"cell": cell.name, "overrides": cell.settings, "seed": seed, "status": "ok",
                   "message": None, "run_dir": str(run.path)}  # fmt: skip
         if not (run.summary.is_file() and run.encoder.is_file()):
             since = log.stat().st_size if log.is_file() else 0

@@ -10,6 +10,17 @@
     tables:                                         # rows × columns, one metric each
       - {metric: probe_auroc, rows: loss.name, columns: loss.temperature}
 
+`grid` may also be a list of such mappings: the cells are the union of their combinations, so one factor
+at a time around the base recipe (the CoLES study's layout) or a few unlike cells need no full product:
+
+    grid:
+      - {loss.name: [coles, ntxent], loss.temperature: [1, 0.2, 0.05]}
+      - {loss.name: [coles, ntxent], train.batch_size: [64, 1024]}
+      - {loss.name: [contrastive], loss.temperature: [null]}   # null: drop the option, the loss's default
+
+A cell then holds every grid key: the ones its mapping leaves out keep the base recipe's value (with the
+study's overrides), and two cells that come out the same are one cell. Tables and plots read these values.
+
 Every key of the file, every override key and every grid key is checked before anything runs; values are
 checked by each run itself, so that one invalid value fails its cells and not the study.
 """
@@ -42,27 +53,38 @@ METRICS = (
 STUDY_KEYS = {
     "recipe": "the base recipe, a path or a packaged recipe's name",
     "overrides": "section.key=value for every run",
-    "grid": "section.key: [values], every combination a cell",
+    "grid": "section.key: [values], every combination a cell; or a list of such mappings, their union",
     "seeds": "the seeds each cell runs with",
     "evaluate": f"evaluations of each finished run: {', '.join(EVALUATIONS)}",
-    "tables": "[{metric, rows, columns}]",
-    "plots": "[{metric, x, group}]",
-    "paired": "[{metric, axis, a, b}]: a − b, paired by seed",
+    "tables": "[{metric, rows, columns, where}] or [{metrics: [...], where}] (one row per cell)",
+    "plots": "[{metric, x, group, where}]",
+    "paired": "[{metric, axis, a, b, by}]: a − b, paired by seed (and the keys in `by`, default all others)",
     "accelerate_config": "an `accelerate launch --config_file` for each run (several processes or GPUs)",
     "memory_limit_mb": "the address space each run may use (CPU): a larger run fails as out of memory",
+    "probe_weight_decay": "probe every run at this weight decay instead of picking it on validation",
 }
+AXIS_ROLES = ("rows", "columns", "x", "group", "axis")
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One combination of grid values, in the grid's key order."""
+    """One combination of grid values: `overrides` go to its runs, `values` hold every grid key.
+
+    `values` defaults to `overrides` (a full-product grid sets every key); with a list of grids it adds
+    the base recipe's value of each key the cell's own mapping leaves out.
+    """
 
     overrides: dict[str, Any]
+    values: dict[str, Any] | None = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.overrides if self.values is None else self.values
 
     @property
     def name(self) -> str:
-        """`key=value,key=value`: how results.jsonl and the reports name the cell."""
-        return ",".join(f"{key}={_scalar_text(value)}" for key, value in self.overrides.items())
+        """`key=value,key=value` over every grid key: how results.jsonl and the reports name the cell."""
+        return ",".join(f"{key}={_scalar_text(value)}" for key, value in self.settings.items())
 
     def arguments(self) -> list[str]:
         return [f"{key}={_scalar_text(value)}" for key, value in self.overrides.items()]
@@ -72,7 +94,7 @@ class Cell:
 class Study:
     source: Path
     recipe: Path
-    grid: dict[str, list[Any]]
+    grid: dict[str, list[Any]] | list[dict[str, list[Any]]]
     seeds: list[int]
     overrides: list[str] = field(default_factory=list)
     evaluate: list[str] = field(default_factory=lambda: list(EVALUATIONS))
@@ -81,6 +103,7 @@ class Study:
     paired: list[dict] = field(default_factory=list)
     accelerate_config: Path | None = None
     memory_limit_mb: int | None = None
+    probe_weight_decay: float | None = None
 
     @property
     def name(self) -> str:
@@ -95,21 +118,72 @@ class Study:
         except ConfigError:
             return False
 
+    def grids(self) -> list[dict[str, list[Any]]]:
+        return [self.grid] if isinstance(self.grid, dict) else list(self.grid)
+
+    def keys(self) -> list[str]:
+        """Every grid key, in the order the grids name them."""
+        return list(dict.fromkeys(key for grid in self.grids() for key in grid))
+
+    def base_values(self) -> dict[str, Any]:
+        """`section.key` → value of the base recipe with the study's overrides (loss options flattened)."""
+        from ssl_toolkit.config import load_config
+        from ssl_toolkit.config.parse import to_dict
+
+        flat = {}
+        for section, values in to_dict(load_config(self.recipe, self.overrides, complete=False)).items():
+            if isinstance(values, dict):
+                flat.update({f"{section}.{key}": value for key, value in values.items()})
+            else:
+                flat[section] = values
+        return flat
+
     def cells(self) -> list[Cell]:
-        keys = list(self.grid)
-        return [
-            Cell(dict(zip(keys, values, strict=True))) for values in itertools.product(*self.grid.values())
-        ]
+        if isinstance(self.grid, dict):
+            keys = list(self.grid)
+            return [
+                Cell(dict(zip(keys, values, strict=True)))
+                for values in itertools.product(*self.grid.values())
+            ]
+        keys, base, cells = self.keys(), None, {}
+        for grid in self.grids():
+            for values in itertools.product(*grid.values()):
+                overrides = dict(zip(grid, values, strict=True))
+                if base is None and any(key not in overrides for key in keys):
+                    base = self.base_values()
+                settings = {key: overrides[key] if key in overrides else base.get(key) for key in keys}
+                cell = Cell(overrides, settings)
+                cells.setdefault(cell.name, cell)  # the first mapping that reaches a cell runs it
+        return list(cells.values())
+
+    def axes(self) -> dict[str, list[Any]]:
+        """Every grid key with its values over the cells, in first-seen order: what the reports lay out."""
+        axes: dict[str, dict[str, Any]] = {key: {} for key in self.keys()}
+        for cell in self.cells():
+            for key, value in cell.settings.items():
+                axes[key].setdefault(_scalar_text(value), value)
+        return {key: _ordered(list(values.values())) for key, values in axes.items()}
 
     def as_dict(self) -> dict:
         """The parts the reports read (plain data)."""
-        return {
-            "grid": self.grid,
+        spec = {
+            "grid": self.axes(),
             "seeds": self.seeds,
             "tables": self.tables,
             "plots": self.plots,
             "paired": self.paired,
         }
+        if not isinstance(self.grid, dict):  # the reports lay out only these cells, not the whole product
+            spec["cells"] = [cell.settings for cell in self.cells()]
+        return spec
+
+
+def _ordered(values: list[Any]) -> list[Any]:
+    """Numbers ascending (None, an option left to the loss's default, last); anything else as seen."""
+    present = [value for value in values if value is not None]
+    if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return sorted(present) + [None] * (len(values) - len(present))
+    return values
 
 
 def _scalar_text(value: Any) -> str:
@@ -124,7 +198,9 @@ def _scalar_text(value: Any) -> str:
 def run_name(index: int, cell: Cell, seed: int) -> str:
     """A plain run.name for the cell's run with `seed`: its index first, so names never collide."""
     slug = re.sub(
-        r"[^A-Za-z0-9.]+", "-", "_".join(f"{k.split('.')[-1]}-{v}" for k, v in cell.overrides.items())
+        r"[^A-Za-z0-9.]+",
+        "-",
+        "_".join(f"{k.split('.')[-1]}-{_scalar_text(v)}" for k, v in cell.overrides.items()),
     )
     return f"cell{index:03d}_{slug.strip('-')[:80]}_seed{seed}"
 
@@ -140,24 +216,53 @@ def _check_key(source: Path, key: str, where: str, known: list[str]) -> None:
         raise _fail(source, f"unknown config key {key!r} in {where}{hint}")
 
 
-def _axis_entries(source: Path, raw: Any, name: str, required: tuple[str, ...], grid: dict) -> list[dict]:
+def _axis_entries(
+    source: Path, raw: Any, name: str, required: tuple[str, ...], keys: list[str]
+) -> list[dict]:
     if raw is None:
         return []
     if not isinstance(raw, list) or not all(isinstance(entry, dict) for entry in raw):
         raise _fail(source, f"{name} must be a list of mappings with keys {', '.join(required)}")
     for entry in raw:
-        missing = [key for key in required if key not in entry]
+        per_cell = name == "tables" and "metrics" in entry  # one row per cell, one column per metric
+        missing = [key for key in (("metrics",) if per_cell else required) if key not in entry]
         if missing:
             raise _fail(source, f"{name} entry {entry} lacks {', '.join(missing)}")
-        if entry["metric"] not in METRICS:
-            raise _fail(source, f"{name} metric {entry['metric']!r} is not one of: {', '.join(METRICS)}")
+        metrics = entry["metrics"] if per_cell else [entry["metric"]]
+        if not isinstance(metrics, list) or not metrics:
+            raise _fail(source, f"{name} entry {entry}: metrics must be a non-empty list")
+        for metric in metrics:
+            if metric not in METRICS:
+                raise _fail(source, f"{name} metric {metric!r} is not one of: {', '.join(METRICS)}")
         if "rows" in entry and entry["rows"] == entry.get("columns"):
             raise _fail(source, f"{name} entry {entry} has the same grid key for rows and columns")
-        for axis_key in ("rows", "columns", "x", "group", "axis"):
+        for axis_key in AXIS_ROLES:
             value = entry.get(axis_key)
-            if value is not None and value not in grid:
-                raise _fail(source, f"{name} {axis_key}={value!r} is not a grid key ({', '.join(grid)})")
+            if value is not None and value not in keys:
+                raise _fail(source, f"{name} {axis_key}={value!r} is not a grid key ({', '.join(keys)})")
+        by = entry.get("by")
+        if by is not None and (not isinstance(by, list) or any(key not in keys for key in by)):
+            raise _fail(source, f"{name} entry {entry}: by must list grid keys ({', '.join(keys)})")
+        where = entry.get("where", {})
+        if not isinstance(where, dict) or any(key not in keys for key in where):
+            raise _fail(
+                source, f"{name} entry {entry}: where must map grid keys ({', '.join(keys)}) to values"
+            )
     return raw
+
+
+def _check_grid(source: Path, grid: Any, known: list[str]) -> None:
+    if not isinstance(grid, dict) or not grid:
+        raise _fail(
+            source,
+            "needs a non-empty `grid:` mapping config keys to lists of values (or a list of such mappings)",
+        )
+    for key, values in grid.items():
+        _check_key(source, key, "grid", known)
+        if key in ("seed", "run.name", "run.output_dir"):
+            raise _fail(source, f"grid key {key!r} is set by the study itself (use `seeds:` for seeds)")
+        if not isinstance(values, list) or not values:
+            raise _fail(source, f"grid key {key!r} needs a non-empty list of values")
 
 
 def load_study(path: str | Path) -> Study:
@@ -184,14 +289,9 @@ def load_study(path: str | Path) -> Study:
         key, _ = parse_override(text)
         _check_key(source, key, "overrides", known)
     grid = raw.get("grid")
-    if not isinstance(grid, dict) or not grid:
-        raise _fail(source, "needs a non-empty `grid:` mapping config keys to lists of values")
-    for key, values in grid.items():
-        _check_key(source, key, "grid", known)
-        if key in ("seed", "run.name", "run.output_dir"):
-            raise _fail(source, f"grid key {key!r} is set by the study itself (use `seeds:` for seeds)")
-        if not isinstance(values, list) or not values:
-            raise _fail(source, f"grid key {key!r} needs a non-empty list of values")
+    for each in grid if isinstance(grid, list) and grid else [grid]:
+        _check_grid(source, each, known)
+    keys = list(dict.fromkeys(key for each in (grid if isinstance(grid, list) else [grid]) for key in each))
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise _fail(source, "seeds must be a non-empty list of integers, e.g. [0, 1, 2]")
@@ -204,16 +304,29 @@ def load_study(path: str | Path) -> Study:
     memory_limit = raw.get("memory_limit_mb")
     if memory_limit is not None and (not isinstance(memory_limit, int) or memory_limit <= 0):
         raise _fail(source, f"memory_limit_mb={memory_limit!r} must be a positive number of MiB")
-    return Study(
+    weight_decay = raw.get("probe_weight_decay")
+    is_number = isinstance(weight_decay, int | float) and not isinstance(weight_decay, bool)
+    if weight_decay is not None and not (is_number and weight_decay >= 0):
+        raise _fail(source, f"probe_weight_decay={weight_decay!r} must be a number ≥ 0, e.g. 1.0e-4")
+    study = Study(
         source=source,
         recipe=recipe,
         grid=grid,
         seeds=seeds,
         overrides=overrides,
         evaluate=evaluate,
-        tables=_axis_entries(source, raw.get("tables"), "tables", ("metric", "rows", "columns"), grid),
-        plots=_axis_entries(source, raw.get("plots"), "plots", ("metric", "x"), grid),
-        paired=_axis_entries(source, raw.get("paired"), "paired", ("metric", "axis", "a", "b"), grid),
+        tables=_axis_entries(source, raw.get("tables"), "tables", ("metric", "rows", "columns"), keys),
+        plots=_axis_entries(source, raw.get("plots"), "plots", ("metric", "x"), keys),
+        paired=_axis_entries(source, raw.get("paired"), "paired", ("metric", "axis", "a", "b"), keys),
         accelerate_config=Path(accelerate_config) if accelerate_config is not None else None,
         memory_limit_mb=memory_limit,
+        probe_weight_decay=None if weight_decay is None else float(weight_decay),
     )
+    if isinstance(grid, list):
+        try:  # the cells that leave a key out take the base value: the base must load
+            study.base_values()
+        except ConfigError as error:
+            raise _fail(
+                source, f"the base recipe with the study's overrides does not load: {error}"
+            ) from None
+    return study
