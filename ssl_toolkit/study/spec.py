@@ -157,7 +157,13 @@ class Study:
         return list(cells.values())
 
     def axes(self) -> dict[str, list[Any]]:
-        """Every grid key with its values over the cells, in first-seen order: what the reports lay out."""
+        """Every grid key with its values over the cells: what the reports lay out.
+
+        A single mapping keeps its own order; over several, numbers come ascending (None last) and
+        anything else in first-seen order.
+        """
+        if isinstance(self.grid, dict):
+            return {key: list(values) for key, values in self.grid.items()}
         axes: dict[str, dict[str, Any]] = {key: {} for key in self.keys()}
         for cell in self.cells():
             for key, value in cell.settings.items():
