@@ -582,7 +582,12 @@ def write_reports(directory: str | Path, spec: Mapping, results: Iterable[Mappin
     directory.mkdir(parents=True, exist_ok=True)
     results = list(results)
     grid = spec["grid"]
-    named = [entry["metric"] for key in ("tables", "plots", "paired") for entry in spec.get(key) or []]
+    named = [
+        metric
+        for key in ("tables", "plots", "paired")
+        for entry in spec.get(key) or []
+        for metric in entry.get("metrics", [entry.get("metric")])
+    ]
     metrics = metric_names(results)
     metrics += [metric for metric in dict.fromkeys(named) if metric not in metrics]
     paired = [

@@ -3,6 +3,7 @@ a fixed probe weight decay, and `loss.option=null`."""
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 
@@ -275,3 +276,27 @@ def test_a_fixed_probe_weight_decay_fits_once_at_that_decay():
     assert fixed["top1"] == pytest.approx((direct.scores(test_x).argmax(1) == test_y).float().mean().item())
     searched = evaluate_linear_probe((train_x, train_y), (test_x, test_y), 2)
     assert set(searched["val_top1"]) == {"0.0", "1e-06", "1e-05", "0.0001", "0.001", "0.01"}
+
+
+def test_the_whole_report_of_a_one_factor_at_a_time_study(tmp_path):
+    spec = {
+        "grid": AXES,
+        "cells": SETTINGS,
+        "seeds": [0, 1, 2],
+        "tables": [
+            {"metric": "knn_top1", "rows": "loss.name", "columns": "loss.temperature",
+             "where": {"train.batch_size": 256}},
+            {"metrics": ["knn_top1", "seconds_per_epoch"]},
+        ],
+        "plots": [{"metric": "knn_top1", "x": "train.batch_size", "group": "loss.name"}],
+        "paired": [{"metric": "knn_top1", "axis": "loss.name", "a": "coles", "b": "ntxent",
+                    "by": ["loss.temperature"]}],
+    }  # fmt: skip
+    written = report.write_reports(tmp_path, spec, results())
+    names = sorted(path.name for path in written)
+    assert "plot_knn_top1_by_train.batch_size_per_loss.name.png" not in names  # dots become _
+    assert "plot_knn_top1_by_train_batch_size_per_loss_name.png" in names
+    tables = (tmp_path / "tables.md").read_text()
+    assert "one row per cell" in tables and expected(SETTINGS[5]) in tables
+    (paired,) = json.loads((tmp_path / "summary.json").read_text())["paired"]
+    assert paired["n"] == 6  # coles − ntxent, paired by seed and temperature: 2 temperatures × 3 seeds
