@@ -76,9 +76,12 @@ def metric_names(results: Iterable[Mapping]) -> list[str]:
 
 
 def metric_decimals(metric: str) -> int:
-    """Decimals a metric is shown with: 1 for seconds, 0 for memory and throughput, 3 otherwise."""
+    """Decimals a metric is shown with: 1 for seconds, 0 for memory and throughput, 4 for AUROC (which sits
+    near 1 for a probe on ten classes), 3 otherwise."""
     if metric.endswith("seconds") or metric.startswith("seconds_"):
         return 1
+    if metric.endswith("auroc"):
+        return 4
     if metric.endswith(("_mb", "_per_s")):
         return 0
     return 3

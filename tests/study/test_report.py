@@ -181,6 +181,7 @@ def test_table_rejects_keys_outside_the_grid():
 
 def test_decimals_follow_the_metric_name():
     assert metric_decimals("probe_top1") == 3
+    assert metric_decimals("probe_auroc") == 4
     assert metric_decimals("pretrain_seconds") == 1
     assert metric_decimals("seconds_per_epoch") == 1
     assert metric_decimals("peak_memory_mb") == 0
