@@ -187,9 +187,13 @@ def markdown_table(
     if row_key == column_key:
         raise ValueError(f"table of {metric}: rows and columns are both {row_key!r}")
     decimals = metric_decimals(metric) if decimals is None else decimals
-    other_keys = [key for key in grid if key not in (row_key, column_key)]
     lines = [f"### {metric} — rows `{row_key}`, columns `{column_key}`" + _where_text(table)]
     planned = _planned(grid, cells, table.get("where"))
+    other_keys = [
+        key
+        for key in grid
+        if key not in (row_key, column_key) and not _follows(planned, key, (row_key, column_key))
+    ]
     for fixed in _combinations(grid, other_keys):
         chosen, in_table = _matching(runs, fixed), _matching(planned, fixed)
         rows = [value for value in grid[row_key] if _matching(in_table, {row_key: value})]
@@ -357,10 +361,12 @@ def plot_metric(
     if group == x:
         raise ValueError(f"plot of {metric}: x and group are both {x!r}")
     x_values = list(grid[x])
-    line_keys = ([group] if group else []) + [key for key in grid if key not in (x, group)]
+    planned = _planned(grid, cells, where)
+    line_keys = ([group] if group else []) + [
+        key for key in grid if key not in (x, group) and not _follows(planned, key, (group,) if group else ())
+    ]
     # Only lines that have runs at two x values or more: one point is no line (a grid of several mappings
     # crosses each axis with the others' base values).
-    planned = _planned(grid, cells, where)
     lines = [
         fixed
         for fixed in _combinations(grid, line_keys)
@@ -776,6 +782,26 @@ def _matching(runs: Iterable[Mapping], values: Mapping[str, Any]) -> list[Mappin
         if all(key in overrides and _same_value(overrides[key], value) for key, value in values.items()):
             chosen.append(run)
     return chosen
+
+
+def _follows(planned: Sequence[Mapping], key: str, axes: Sequence[str]) -> bool:
+    """Whether `key`'s value over the planned cells is decided by one of `axes` (SupCon's temperature by
+    `loss.name`, when cross-entropy has none): then it splits nothing a table or plot already shows."""
+    for axis in axes:
+        seen: dict[tuple, tuple] = {}
+        decided = True
+        for cell in planned:
+            settings = cell["overrides"]
+            if axis not in settings:
+                decided = False
+                break
+            value = _value_key(settings.get(key))
+            if seen.setdefault(_value_key(settings[axis]), value) != value:
+                decided = False
+                break
+        if decided and len({v for v in seen.values()}) > 1:
+            return True
+    return False
 
 
 def _planned(grid: Mapping[str, Sequence], cells: Sequence[Mapping] | None, where: Mapping | None) -> list:

@@ -300,3 +300,35 @@ def test_the_whole_report_of_a_one_factor_at_a_time_study(tmp_path):
     assert "one row per cell" in tables and expected(SETTINGS[5]) in tables
     (paired,) = json.loads((tmp_path / "summary.json").read_text())["paired"]
     assert paired["n"] == 6  # coles − ntxent, paired by seed and temperature: 2 temperatures × 3 seeds
+
+
+def test_a_key_that_follows_the_rows_splits_no_table():
+    # SupCon's temperature is 0.1 wherever loss.name is supcon and null for cross-entropy: one table.
+    cells = [
+        {"loss.name": loss, "loss.temperature": temperature, "data.fraction": fraction}
+        for loss, temperature in (("supcon", 0.1), ("cross_entropy", None))
+        for fraction in (0.1, 0.3)
+    ]
+    runs = [
+        {
+            "cell": str(settings),
+            "overrides": settings,
+            "seed": seed,
+            "status": "ok",
+            "knn_top1": 0.8 + seed / 100,
+        }
+        for settings in cells
+        for seed in (0, 1)
+    ]
+    axes = {
+        "loss.name": ["supcon", "cross_entropy"],
+        "loss.temperature": [0.1, None],
+        "data.fraction": [0.1, 0.3],
+    }
+    table = {"metric": "knn_top1", "rows": "loss.name", "columns": "data.fraction"}
+    markdown = markdown_table(runs, table, axes, cells=cells)
+    assert "####" not in markdown
+    assert list(rows_of(markdown)) == [""] and len(rows_of(markdown)[""]) == 2
+    # Where the temperature does vary within a loss, it still splits.
+    varied = [*cells, {"loss.name": "supcon", "loss.temperature": None, "data.fraction": 0.1}]
+    assert "#### loss.temperature = 0.1" in markdown_table(runs, table, axes, cells=varied)
