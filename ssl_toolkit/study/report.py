@@ -179,7 +179,7 @@ def markdown_table(
     planned but without a run yet reads `not run`. A table with `metrics` (a list) instead has one row per
     cell and one column per metric. Decimals follow `metric_decimals` unless given.
     """
-    runs = _matching(latest_runs(results), table.get("where") or {})
+    runs = _where(latest_runs(results), table.get("where"))
     if "metrics" in table:
         return _per_cell_table(runs, table["metrics"], grid, decimals)
     metric, row_key, column_key = table["metric"], table["rows"], table["columns"]
@@ -188,11 +188,14 @@ def markdown_table(
         raise ValueError(f"table of {metric}: rows and columns are both {row_key!r}")
     decimals = metric_decimals(metric) if decimals is None else decimals
     lines = [f"### {metric} — rows `{row_key}`, columns `{column_key}`" + _where_text(table)]
-    planned = _planned(grid, cells, table.get("where"))
+    where = table.get("where") or {}
+    planned = _planned(grid, cells, where)
     other_keys = [
         key
         for key in grid
-        if key not in (row_key, column_key) and not _follows(planned, key, (row_key, column_key))
+        if key not in (row_key, column_key)
+        and not _follows(planned, key, (row_key, column_key))
+        and not (key in where and not isinstance(where[key], list))  # the heading names it already
     ]
     for fixed in _combinations(grid, other_keys):
         chosen, in_table = _matching(runs, fixed), _matching(planned, fixed)
@@ -256,7 +259,11 @@ def _per_cell_table(
 
 def _where_text(entry: Mapping) -> str:
     where = entry.get("where") or {}
-    return "".join(f", {key} = {_value_label(value)}" for key, value in where.items())
+    return "".join(f", {key} = {_where_label(value)}" for key, value in where.items())
+
+
+def _where_label(value: Any) -> str:
+    return " or ".join(map(_value_label, value)) if isinstance(value, list) else _value_label(value)
 
 
 def _cell_text(stats: CellStatistics, decimals: int, usual_n: int | None) -> str:
@@ -355,7 +362,7 @@ def plot_metric(
     from matplotlib.lines import Line2D
     from matplotlib.transforms import blended_transform_factory
 
-    runs = _matching(latest_runs(results), where or {})
+    runs = _where(latest_runs(results), where)
     grid = _grid_from(runs, grid)
     _check_keys(grid, {"x": x} | ({"group": group} if group else {}))
     if group == x:
@@ -613,7 +620,7 @@ def write_reports(directory: str | Path, spec: Mapping, results: Iterable[Mappin
     for entry in spec.get("plots") or []:
         metric, x, group = entry["metric"], entry["x"], entry.get("group")
         name = f"plot_{metric}_by_{x}" + (f"_per_{group}" if group else "")
-        name += "".join(f"_{key}_{_value_label(value)}" for key, value in (entry.get("where") or {}).items())
+        name += "".join(f"_{key}_{_where_label(value)}" for key, value in (entry.get("where") or {}).items())
         written.append(
             plot_metric(
                 results,
@@ -784,6 +791,16 @@ def _matching(runs: Iterable[Mapping], values: Mapping[str, Any]) -> list[Mappin
     return chosen
 
 
+def _where(runs: Iterable[Mapping], where: Mapping[str, Any] | None) -> list[Mapping]:
+    """The runs a table's or plot's `where` keeps: each key at its value, or at any value of a list
+    (`loss.temperature: [0.05, null]` keeps the softmax losses at 0.05 and the margin loss beside them)."""
+    chosen = list(runs)
+    for key, wanted in (where or {}).items():
+        options = wanted if isinstance(wanted, list) else [wanted]
+        chosen = [run for run in chosen if any(_matching([run], {key: option}) for option in options)]
+    return chosen
+
+
 def _follows(planned: Sequence[Mapping], key: str, axes: Sequence[str]) -> bool:
     """Whether `key`'s value over the planned cells is decided by one of `axes` (SupCon's temperature by
     `loss.name`, when cross-entropy has none): then it splits nothing a table or plot already shows."""
@@ -807,7 +824,7 @@ def _follows(planned: Sequence[Mapping], key: str, axes: Sequence[str]) -> bool:
 def _planned(grid: Mapping[str, Sequence], cells: Sequence[Mapping] | None, where: Mapping | None) -> list:
     """The planned cells as `_matching` reads runs: `cells`, or every combination of the grid's values."""
     settings = cells if cells is not None else list(_combinations(grid, list(grid)))
-    return _matching([{"overrides": dict(values)} for values in settings], where or {})
+    return _where([{"overrides": dict(values)} for values in settings], where)
 
 
 def _combinations(grid: Mapping[str, Sequence], keys: Sequence[str]) -> Iterable[dict]:

@@ -202,7 +202,9 @@ def test_tables_lay_out_only_the_planned_cells_and_where_filters_the_runs():
         ["contrastive", "", "", expected(SETTINGS[5])],  # no cell planned at the other temperatures
     ]
     where = {**table, "where": {"train.batch_size": 256}}
-    assert list(rows_of(markdown_table(results(), where, AXES, cells=SETTINGS))) == ["train.batch_size = 256"]
+    filtered = markdown_table(results(), where, AXES, cells=SETTINGS)
+    assert filtered.splitlines()[0].endswith(", train.batch_size = 256")  # named once, in the title
+    assert rows_of(filtered) == {"": tables["train.batch_size = 256"]}
     # Without the planned cells (a full product), every value is laid out and the gaps read "not run".
     product = rows_of(markdown_table(results(), table, AXES))
     assert product["train.batch_size = 64"][1] == ["ntxent", "not run", "not run", "not run"]
@@ -332,3 +334,18 @@ def test_a_key_that_follows_the_rows_splits_no_table():
     # Where the temperature does vary within a loss, it still splits.
     varied = [*cells, {"loss.name": "supcon", "loss.temperature": None, "data.fraction": 0.1}]
     assert "#### loss.temperature = 0.1" in markdown_table(runs, table, axes, cells=varied)
+
+
+def test_where_with_a_list_keeps_any_of_its_values_in_one_table():
+    table = {"metric": "knn_top1", "rows": "loss.name", "columns": "train.batch_size",
+             "where": {"loss.temperature": [0.05, None]}}  # fmt: skip
+    markdown = markdown_table(results(), table, AXES, cells=SETTINGS)
+    assert "loss.temperature = 0.05 or null" in markdown.splitlines()[0]
+    # Within the kept cells the temperature follows the loss: one table, coles at both batch sizes.
+    assert rows_of(markdown) == {
+        "": [
+            ["coles", expected(SETTINGS[4]), expected(SETTINGS[0])],
+            ["ntxent", "", expected(SETTINGS[2])],
+            ["contrastive", "", expected(SETTINGS[5])],
+        ]
+    }
