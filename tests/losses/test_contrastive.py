@@ -250,8 +250,9 @@ def test_neg_count_is_checked():
 
 def test_config_takes_neg_count_of_at_least_one_or_null():
     assert load_config(None, ["loss.name=contrastive", "loss.neg_count=5"]).loss.options == {"neg_count": 5}
-    assert load_config(None, ["loss.name=contrastive", "loss.neg_count=null"]).loss.options == {
-        "neg_count": None
-    }
+    # null drops the option, so the loss's default applies: every negative.
+    every = load_config(None, ["loss.name=contrastive", "loss.neg_count=5", "loss.neg_count=null"])
+    assert every.loss.options == {}
+    assert create_loss(every.loss.name, **every.loss.options).neg_count is None
     with pytest.raises(ConfigError, match=r"^loss.neg_count=0 must be at least 1"):
         load_config(None, ["loss.name=contrastive", "loss.neg_count=0"])
