@@ -71,15 +71,12 @@ def test_blocks_do_not_change_the_result(monkeypatch, block_rows):
     torch.testing.assert_close(blocked_grad, whole_grad)
 
 
-@pytest.mark.parametrize("block_rows", [2, 100])
-def test_shards_of_anchors_count_every_pair_once(monkeypatch, block_rows):
-    # What each process computes under gathering: its own rows as anchors against everyone's rows,
-    # keeping the pairs whose other row comes later.
-    monkeypatch.setattr(blockwise, "BLOCK_ELEMENTS", block_rows * 11)
+def _whole_and_shards(neg_count):
+    """The loss sum, pair count and gradient of 11 rows at once, and summed over three shards of anchors."""
     labels = torch.randint(0, 4, (11,), generator=torch.Generator().manual_seed(2))
     embeddings = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
     z = torch.nn.functional.normalize(embeddings, dim=1)
-    loss = ContrastiveLoss(margin=1.0)
+    loss = ContrastiveLoss(margin=1.0, neg_count=neg_count)
     whole, whole_count = loss.loss_sum(LabelBatch(z, z, labels, labels, torch.arange(11)))
     (whole_grad,) = torch.autograd.grad(whole, embeddings, retain_graph=True)
     shards = [
@@ -88,8 +85,18 @@ def test_shards_of_anchors_count_every_pair_once(monkeypatch, block_rows):
     ]
     total = sum(shard_total for shard_total, _ in shards)
     (total_grad,) = torch.autograd.grad(total, embeddings)
+    shard_count = sum(count for _, count in shards).item()
+    return labels, whole, whole_count, whole_grad, total, shard_count, total_grad
+
+
+@pytest.mark.parametrize("block_rows", [2, 100])
+def test_shards_of_anchors_count_every_pair_once(monkeypatch, block_rows):
+    # What each process computes under gathering: its own rows as anchors against everyone's rows,
+    # keeping the pairs whose other row comes later.
+    monkeypatch.setattr(blockwise, "BLOCK_ELEMENTS", block_rows * 11)
+    _, whole, whole_count, whole_grad, total, shard_count, total_grad = _whole_and_shards(None)
     assert total.item() == pytest.approx(whole.item(), rel=1e-12)
-    assert sum(count for _, count in shards).item() == whole_count.item() == 11 * 10 // 2
+    assert shard_count == whole_count.item() == 11 * 10 // 2
     torch.testing.assert_close(total_grad, whole_grad)
 
 
@@ -222,22 +229,11 @@ def test_blocks_do_not_change_the_hard_negatives(monkeypatch, block_rows):
 
 def test_shards_of_anchors_choose_among_every_candidate():
     # What each process computes under gathering: its own rows as anchors, hard negatives from all rows.
-    labels = torch.randint(0, 4, (11,), generator=torch.Generator().manual_seed(2))
-    embeddings = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
-    z = torch.nn.functional.normalize(embeddings, dim=1)
-    loss = ContrastiveLoss(margin=1.0, neg_count=2)
-    whole, whole_count = loss.loss_sum(LabelBatch(z, z, labels, labels, torch.arange(11)))
-    (whole_grad,) = torch.autograd.grad(whole, embeddings, retain_graph=True)
-    shards = [
-        loss.loss_sum(LabelBatch(z[lo:hi], z, labels[lo:hi], labels, torch.arange(lo, hi)))
-        for lo, hi in [(0, 3), (3, 10), (10, 11)]
-    ]
-    total = sum(shard_total for shard_total, _ in shards)
-    (total_grad,) = torch.autograd.grad(total, embeddings)
+    labels, whole, whole_count, whole_grad, total, shard_count, total_grad = _whole_and_shards(2)
     same = (labels[:, None] == labels[None, :]).sum(1)
     expected_count = ((same - 1) + (11 - same).clamp_max(2)).sum().item()
     assert total.item() == pytest.approx(whole.item(), rel=1e-12)
-    assert sum(count for _, count in shards).item() == whole_count.item() == expected_count
+    assert shard_count == whole_count.item() == expected_count
     torch.testing.assert_close(total_grad, whole_grad)
 
 
