@@ -104,6 +104,7 @@ class Study:
     accelerate_config: Path | None = None
     memory_limit_mb: int | None = None
     probe_weight_decay: float | None = None
+    _base: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -126,17 +127,22 @@ class Study:
         return list(dict.fromkeys(key for grid in self.grids() for key in grid))
 
     def base_values(self) -> dict[str, Any]:
-        """`section.key` → value of the base recipe with the study's overrides (loss options flattened)."""
-        from ssl_toolkit.config import load_config
-        from ssl_toolkit.config.parse import to_dict
+        """`section.key` → value of the base recipe with the study's overrides (loss options flattened).
 
-        flat = {}
-        for section, values in to_dict(load_config(self.recipe, self.overrides, complete=False)).items():
-            if isinstance(values, dict):
-                flat.update({f"{section}.{key}": value for key, value in values.items()})
-            else:
-                flat[section] = values
-        return flat
+        Read once: `cells()` is asked for by the runner, the dry run and the reports alike.
+        """
+        if self._base is None:
+            from ssl_toolkit.config import load_config
+            from ssl_toolkit.config.parse import to_dict
+
+            flat = {}
+            for section, values in to_dict(load_config(self.recipe, self.overrides, complete=False)).items():
+                if isinstance(values, dict):
+                    flat.update({f"{section}.{key}": value for key, value in values.items()})
+                else:
+                    flat[section] = values
+            self._base = flat
+        return self._base
 
     def cells(self) -> list[Cell]:
         if isinstance(self.grid, dict):
