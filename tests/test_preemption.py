@@ -197,3 +197,22 @@ def test_a_stalled_peer_stops_every_process_with_a_message_after_the_collective_
     )
     assert "the last good checkpoint is" in output and "step_00000002" in output
     assert time.monotonic() - started < 120
+
+
+def test_leaving_stop_signals_is_prompt_while_a_forked_worker_lives():
+    """A DataLoader worker forked in the block holds a copy of the wakeup socket; leaving must not wait."""
+    from ssl_toolkit.training.stop_signals import StopSignals
+
+    signals = StopSignals().__enter__()
+    child = os.fork()
+    if child == 0:  # the worker: outlives the block by seconds
+        time.sleep(3)
+        os._exit(0)
+    try:
+        started = time.monotonic()
+        signals.__exit__(None, None, None)
+        assert time.monotonic() - started < 1.0
+        assert not signals._thread.is_alive()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

@@ -61,7 +61,10 @@ class StopSignals:
         signal.set_wakeup_fd(self._previous_wakeup_fd)
         for number, handler in self._previous.items():
             signal.signal(number, handler)
-        self._writer.close()  # ends the watching thread
+        self._writer.close()
+        # Shutting the reader down ends the watching thread's recv at once; the writer's close alone would
+        # not while a forked DataLoader worker still holds a copy of the writer.
+        self._reader.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=5)
         self._reader.close()
 
