@@ -121,6 +121,16 @@ class EvaluationItems(Dataset):
             image = torch.zeros(self.images.channels, 1, 1, dtype=torch.uint8)
         return self.transform(image), target, readable
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[object, int, bool]]:
+        """The items of a DataLoader batch: images of one size go through the transform as one batch
+        (the same arithmetic per image, at a fraction of the per-call cost of small images)."""
+        loaded = [self.images.load_readable(index) for index in indices]
+        images = [image for image, _ in loaded]
+        if any(image is None for image in images) or len({tuple(image.shape) for image in images}) != 1:
+            return [self[index] for index in indices]
+        transformed = self.transform(torch.stack(images))
+        return [(image, target, True) for image, (_, target) in zip(transformed, loaded, strict=True)]
+
 
 def pixel_histogram(images: Iterable[torch.Tensor]) -> torch.Tensor:
     """Counts (C, 256) of each uint8 value per channel over images (C, H, W) or batches (N, C, H, W)."""

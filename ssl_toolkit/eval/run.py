@@ -132,12 +132,14 @@ class EvaluationRun:
             features, targets, unreadable = cached
             self._count_unreadable(split, unreadable)
             return features, targets
-        encoder = self.untrained_encoder if kind == RANDOM_INIT else self.encoder
+        encoder = self.kind.place_encoder(self.untrained_encoder if kind == RANDOM_INIT else self.encoder)
         encoder = self.accelerator.prepare_model(encoder, evaluation_mode=True)
-        embed = frozen_embedding(
+        frozen = frozen_embedding(
             self.accelerator.unwrap_model(encoder), "projection" if kind == "projection" else "backbone"
         )
-        features, targets = self._extract(embed, dataset, split)
+        features, targets = self._extract(
+            lambda inputs: frozen(self.kind.prepare_batch([inputs])[0]), dataset, split
+        )
         if self.is_main_process:
             self.cache.save(name, key, features, targets, unreadable=self.unreadable[split])
         self.accelerator.wait_for_everyone()
@@ -168,6 +170,7 @@ class EvaluationRun:
             "num_items": num_items,
             "data": self.kind.cache_key(),
             "mixed_precision": self.config.train.mixed_precision,
+            "channels_last": self.config.train.channels_last,  # another layout, other rounding
         }
         if kind == RANDOM_INIT:
             spec = asdict(self.spec) if is_dataclass(self.spec) else self.spec

@@ -112,6 +112,11 @@ class DataKind(ABC):
         """Views as the encoder takes them (e.g. in its memory format)."""
         return views
 
+    def place_encoder(self, encoder: nn.Module) -> nn.Module:
+        """`encoder` laid out as the config trains it (e.g. its memory format), in place; pretraining and
+        evaluation both run it so."""
+        return encoder
+
     def view_summary(self, views: list[torch.Tensor]) -> torch.Tensor | None:
         """A uint8 RGB image (3, H, W) of a batch's views for the dashboards, or None."""
         return None
@@ -134,7 +139,7 @@ class DataKind(ABC):
     def create_encoder(self) -> nn.Module:
         """The config's encoder, ready to train; a spec the architecture rejects is a ConfigError."""
         try:
-            return self.build_encoder(self.encoder_spec())
+            return self.place_encoder(self.build_encoder(self.encoder_spec()))
         except ValueError as error:
             raise ConfigError(str(error)) from None
 

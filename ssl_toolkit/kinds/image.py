@@ -145,8 +145,8 @@ class ImageKind(DataKind):
     def build_encoder(cls, spec: EncoderSpec | dict) -> nn.Module:
         return create_encoder(spec if isinstance(spec, EncoderSpec) else cls.spec_from_dict(spec))
 
-    def create_encoder(self) -> nn.Module:
-        return super().create_encoder().to(memory_format=self.memory_format)
+    def place_encoder(self, encoder: nn.Module) -> nn.Module:
+        return encoder.to(memory_format=self.memory_format)
 
     # -- evaluation ---------------------------------------------------------------------------------------
     @classmethod
