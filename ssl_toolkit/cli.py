@@ -1,4 +1,4 @@
-"""The `ssl-toolkit` command: `pretrain`, `probe`, `knn`, `plot`, `study`, `recipes`.
+"""The `ssl-toolkit` command: `pretrain`, `probe`, `knn`, `evaluate` (both), `plot`, `study`, `recipes`.
 
 Evaluation commands also run under `accelerate launch -m ssl_toolkit.cli probe RUN_DIR`: every process
 embeds its share of the data and the main process reports. Each command imports what it needs when it
@@ -27,14 +27,17 @@ def _probe(args: argparse.Namespace) -> int:
         baselines=args.baselines,
         weight_decay=args.weight_decay,
     )
-    if result is None:  # not the main process
-        return 0
+    if result is not None:  # the main process
+        _print_probe(args.run_dir, result)
+    return 0
 
+
+def _print_probe(run_dir: str, result: dict) -> None:
     def line(label: str, report: dict) -> str:
         top5 = f"   top-5 {100 * report['top5']:.2f}%" if "top5" in report else ""
         return f"  {label:<26}top-1 {100 * report['top1']:.2f}%{top5}   AUROC {report['auroc']:.4f}"
 
-    lines = [f"linear probe on {args.run_dir} ({result['features']} features, dim {result['feature_dim']}):"]
+    lines = [f"linear probe on {run_dir} ({result['features']} features, dim {result['feature_dim']}):"]
     lines.append(line("pretrained encoder", result))
     if "projection" in result:
         lines.append(line(f"projection z (dim {result['projection']['feature_dim']})", result["projection"]))
@@ -42,9 +45,8 @@ def _probe(args: argparse.Namespace) -> int:
     for baseline in result.get("baselines", []):
         label = labels.get(baseline, baseline.replace("_", " "))
         lines.append(f"  {label:<26}top-1 {100 * result[f'{baseline}_top1']:.2f}%")
-    lines.append(f"  written to {args.run_dir}/probe.json")
+    lines.append(f"  written to {run_dir}/probe.json")
     print("\n".join(lines))
-    return 0
 
 
 def _knn(args: argparse.Namespace) -> int:
@@ -54,12 +56,35 @@ def _knn(args: argparse.Namespace) -> int:
         args.run_dir, args.overrides, features=args.features, k=args.k, temperature=args.temperature
     )
     if result is not None:
-        top5 = f", top-5 {100 * result['top5']:.2f}%" if "top5" in result else ""
-        print(
-            f"kNN on {args.run_dir} ({result['features']} features, k={result['k']}, "
-            f"T={result['temperature']}): top-1 {100 * result['top1']:.2f}%{top5}; "
-            f"written to {args.run_dir}/knn.json"
-        )
+        _print_knn(args.run_dir, result)
+    return 0
+
+
+def _print_knn(run_dir: str, result: dict) -> None:
+    top5 = f", top-5 {100 * result['top5']:.2f}%" if "top5" in result else ""
+    print(
+        f"kNN on {run_dir} ({result['features']} features, k={result['k']}, "
+        f"T={result['temperature']}): top-1 {100 * result['top1']:.2f}%{top5}; "
+        f"written to {run_dir}/knn.json"
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """The probe and kNN in one process: the run opens and its data is embedded once for both."""
+    from ssl_toolkit.eval.knn_report import run_knn
+    from ssl_toolkit.eval.probe import run_probe
+    from ssl_toolkit.eval.run import EvaluationRun
+
+    run = EvaluationRun(args.run_dir, args.overrides)
+    for evaluation in dict.fromkeys(args.evaluations):
+        if evaluation == "probe":
+            result = run_probe(run, features=args.features, weight_decay=args.weight_decay)
+            if result is not None:
+                _print_probe(args.run_dir, result)
+        else:
+            result = run_knn(run, features=args.features)
+            if result is not None:
+                _print_knn(args.run_dir, result)
     return 0
 
 
@@ -183,6 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     knn.add_argument("--k", type=int, default=200, help="neighbours that vote (default 200)")
     knn.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(s/T) (default 0.07)")
     knn.set_defaults(handler=_knn)
+    evaluate = _evaluation_parser(
+        commands,
+        "evaluate",
+        "linear probe and kNN in one process, the data embedded once → probe.json, knn.json",
+        ["backbone", "projection"],
+    )
+    evaluate.add_argument(
+        "--evaluations",
+        nargs="+",
+        choices=["probe", "knn"],
+        default=["probe", "knn"],
+        help="which to run, in this order (default: probe knn); each with its command's defaults",
+    )
+    evaluate.add_argument("--weight-decay", type=float, help="the probe's weight decay, as probe's option")
+    evaluate.set_defaults(handler=_evaluate)
     plot = _evaluation_parser(
         commands, "plot", "t-SNE map of a run's test features → PNG", ["backbone", "projection"]
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.eval.knn import knn_scores
 from ssl_toolkit.eval.metrics import top_k_accuracy
-from ssl_toolkit.eval.run import FEATURES, EvaluationRun
+from ssl_toolkit.eval.run import FEATURES, EvaluationRun, open_run
 from ssl_toolkit.run_dir import write_json
 
 DEFAULT_K = 200  # InstDisc (Wu et al. 2018) and solo-learn
@@ -16,7 +16,7 @@ DEFAULT_TEMPERATURE = 0.07
 
 
 def run_knn(
-    run_dir: str | Path,
+    run_dir: str | Path | EvaluationRun,
     overrides: list[str] | tuple[str, ...] = (),
     *,
     features: str = "backbone",
@@ -27,13 +27,14 @@ def run_knn(
     """Classify the test split by its k most similar train features; writes knn.json and returns it.
 
     Under `accelerate launch` the main process classifies, writes and returns; the others return None.
+    `run_dir` may be an open `EvaluationRun`, whose cached features are then reused.
     """
     if features not in FEATURES:
         raise ConfigError(f"--features {features!r} is not one of: {', '.join(FEATURES)}")
     if k < 1 or temperature <= 0:
         raise ConfigError(f"--k must be at least 1 and --temperature positive, got k={k}, T={temperature}")
     started = time.perf_counter()
-    run = EvaluationRun(run_dir, overrides, batch_size=batch_size)
+    run = open_run(run_dir, overrides, batch_size=batch_size)
     (train_x, train_y), (test_x, test_y) = run.features(features, "train"), run.features(features, "test")
     if not run.is_main_process:
         return None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.eval.linear_probe import evaluate_linear_probe
-from ssl_toolkit.eval.run import FEATURES, RANDOM_INIT, EvaluationRun
+from ssl_toolkit.eval.run import FEATURES, RANDOM_INIT, EvaluationRun, open_run
 from ssl_toolkit.run_dir import write_json
 
 FEATURE_CHOICES = (*FEATURES, "both")
@@ -15,7 +15,7 @@ SUMMARY_KEYS = ("top1", "top5", "auroc", "features")
 
 
 def run_probe(
-    run_dir: str | Path,
+    run_dir: str | Path | EvaluationRun,
     overrides: list[str] | tuple[str, ...] = (),
     *,
     features: str = "backbone",
@@ -30,14 +30,15 @@ def run_probe(
     data kind's raw baseline (`raw_pixels_top1` for images) under the same probe. Under `accelerate launch`
     every process embeds its share of the data; the main process fits the probes, writes the file and
     returns the result, the others None. `weight_decay` fixes the probe's decay; by default it is picked
-    on a validation split carved from train.
+    on a validation split carved from train. `run_dir` may be an open `EvaluationRun`, whose features
+    later evaluations reuse.
     """
     if weight_decay is not None and not weight_decay >= 0:
         raise ConfigError(f"--weight-decay {weight_decay} must be a number ≥ 0, e.g. 1e-4")
     if features not in FEATURE_CHOICES:
         raise ConfigError(f"--features {features!r} is not one of: {', '.join(FEATURE_CHOICES)}")
     started = time.perf_counter()
-    run = EvaluationRun(run_dir, overrides, batch_size=batch_size)
+    run = open_run(run_dir, overrides, batch_size=batch_size)
     kinds = list(FEATURES) if features == "both" else [features]
     if baselines:
         kinds += [RANDOM_INIT, run.baseline]

@@ -186,6 +186,17 @@ class EvaluationRun:
         return tracking.publish(self.config, self.directory, summary, images)
 
 
+def open_run(
+    run: str | Path | EvaluationRun, overrides: list[str] | tuple[str, ...] = (), *, batch_size: int = 256
+) -> EvaluationRun:
+    """`run` itself when it is open already (several evaluations then share its features), else opened."""
+    if isinstance(run, EvaluationRun):
+        if overrides:
+            raise ValueError("overrides apply when a run is opened; pass them to EvaluationRun")
+        return run
+    return EvaluationRun(run, overrides, batch_size=batch_size)
+
+
 def classes_without_items(dataset) -> list[str]:
     """Where each class of `dataset` that has no item would come from (e.g. its empty class folder)."""
     targets = torch.as_tensor(dataset.targets)

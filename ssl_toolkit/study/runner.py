@@ -162,9 +162,11 @@ class StudyRunner:
             "train.resume=auto",  # a fresh run the first time, the rest of a killed one afterwards
         ]
 
-    def evaluation_command(self, evaluation: str, run: RunDirectory) -> list[str]:
-        command = [self.python, "-m", "ssl_toolkit.cli", evaluation, str(run.path)]
-        if evaluation == "probe" and self.study.probe_weight_decay is not None:
+    def evaluation_command(self, run: RunDirectory) -> list[str]:
+        """One process for the study's evaluations: the run's data is embedded once for all of them."""
+        command = [self.python, "-m", "ssl_toolkit.cli", "evaluate", str(run.path), "--evaluations"]
+        command += self.study.evaluate
+        if "probe" in self.study.evaluate and self.study.probe_weight_decay is not None:
             command += ["--weight-decay", repr(self.study.probe_weight_decay)]
         return command
 
@@ -178,11 +180,8 @@ class StudyRunner:
             name = run_name(index, cell, seed)
             print(f"{cell.name} seed={seed}")
             print("  " + " ".join(self.pretrain_command(cell, seed, name)))
-            for evaluation in self.study.evaluate:
-                print(
-                    "  "
-                    + " ".join(self.evaluation_command(evaluation, RunDirectory(self.directory.runs / name)))
-                )
+            if self.study.evaluate:
+                print("  " + " ".join(self.evaluation_command(RunDirectory(self.directory.runs / name))))
 
     def run(self, retry_failed: bool = False) -> list[dict]:
         """Every (cell, seed) not in results.jsonl yet (with `retry_failed`, the failed ones too); returns all
@@ -250,10 +249,11 @@ class StudyRunner:
                 }
             result["peak_memory_mb"] = peak_mb
         result.update(_pretraining_metrics(run))
-        for evaluation in self.study.evaluate:
+        if self.study.evaluate:
             since = log.stat().st_size
-            code, _ = _launch(self.evaluation_command(evaluation, run), log, None)
+            code, _ = _launch(self.evaluation_command(run), log, None)
             if code != 0:
-                return {**result, "status": "error", "message": f"{evaluation}: {_last_error(log, since)}"}
-            result.update(_evaluation_metrics(run, evaluation))
+                return {**result, "status": "error", "message": f"evaluation: {_last_error(log, since)}"}
+            for evaluation in self.study.evaluate:
+                result.update(_evaluation_metrics(run, evaluation))
         return result

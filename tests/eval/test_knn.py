@@ -75,3 +75,29 @@ def test_knn_defaults_are_instdisc_and_bad_arguments_are_named(tiny_run):
 
     with pytest.raises(ConfigError, match="--k"):
         run_knn(tiny_run, k=0)
+
+
+def test_evaluate_runs_probe_and_knn_on_features_embedded_once(tiny_run, capsys, monkeypatch):
+    import ssl_toolkit.eval.run as evaluation_run
+    from ssl_toolkit.eval.probe import run_probe
+
+    embedded = []
+    extract = evaluation_run.extract_features_and_readable
+    monkeypatch.setattr(
+        evaluation_run,
+        "extract_features_and_readable",
+        lambda *args, **kwargs: embedded.append(1) or extract(*args, **kwargs),
+    )
+    assert cli_main(["evaluate", str(tiny_run), "--weight-decay", "1e-4"]) == 0
+    printed = capsys.readouterr().out
+    assert "linear probe on" in printed and "kNN on" in printed
+    assert len(embedded) == 2  # train and test, once each for both evaluations
+    run = RunDirectory(tiny_run)
+    probe, knn = json.loads(run.probe.read_text()), json.loads(run.knn.read_text())
+    assert probe["weight_decay"] == 1e-4 and knn["k"] == 200
+    # The same figures as the two commands on their own.
+    assert knn["top1"] == run_knn(tiny_run)["top1"]
+    assert probe["top1"] == run_probe(tiny_run, weight_decay=1e-4)["top1"]
+    run.probe.unlink()
+    assert cli_main(["evaluate", str(tiny_run), "--evaluations", "knn"]) == 0
+    assert not run.probe.exists()

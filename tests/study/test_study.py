@@ -178,7 +178,7 @@ def test_a_dry_run_prints_every_run_and_runs_nothing(tmp_path, capsys):
     output = tmp_path / "out"
     assert cli_main(["study", str(study), "--output-dir", str(output), "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("-m ssl_toolkit.pretrain") == 6 and printed.count("ssl_toolkit.cli knn") == 6
+    assert printed.count("-m ssl_toolkit.pretrain") == 6 and printed.count("ssl_toolkit.cli evaluate") == 6
     assert "loss.temperature=0.2 seed=2" in printed
     assert not output.exists()
 

@@ -84,13 +84,14 @@ def test_the_runs_record_every_grid_key_and_the_probe_gets_the_fixed_weight_deca
     assert "train.batch_size=64" in command and not any(
         a.startswith("loss.temperature=") for a in command[-9:-5]
     )
-    assert runner.evaluation_command("probe", RunDirectory(runner.directory.runs / "run"))[-2:] == [
-        "--weight-decay",
-        "0.0001",
-    ]
-    assert "--weight-decay" not in runner.evaluation_command(
-        "knn", RunDirectory(runner.directory.runs / "run")
-    )
+    # One evaluation process for probe and kNN, the probe at the fixed decay; kNN alone takes no decay.
+    run = RunDirectory(runner.directory.runs / "run")
+    both = StudyRunner(load_study(write_study(tmp_path, ONE_FACTOR_AT_A_TIME, probe_weight_decay=1.0e-4,
+                                              evaluate=["probe", "knn"])), tmp_path / "both")  # fmt: skip
+    assert both.evaluation_command(run)[3:] == [
+        "evaluate", str(run.path), "--evaluations", "probe", "knn", "--weight-decay", "0.0001",
+    ]  # fmt: skip
+    assert "--weight-decay" not in runner.evaluation_command(run)
 
 
 @pytest.mark.parametrize(
