@@ -77,6 +77,7 @@ def train_loader(
         pin_memory=torch.cuda.is_available(),
         persistent_workers=config.data.num_workers > 0,
         worker_init_fn=ignore_stop_signals,
+        collate_fn=data.collate,
     )
     return loader, items
 
@@ -141,4 +142,12 @@ def online_evaluation(
         bank, queries = kind.evaluation_dataset("train"), kind.evaluation_dataset("test")
     except ConfigError as error:
         raise ConfigError(f"log.knn_every needs labelled train and test splits: {error}") from None
-    return OnlineKNN(backbone, bank, queries, accelerator, bank_size=KNN_BANK_SIZE, query_count=KNN_QUERIES)
+    return OnlineKNN(
+        backbone,
+        bank,
+        queries,
+        accelerator,
+        bank_size=KNN_BANK_SIZE,
+        query_count=KNN_QUERIES,
+        collate_fn=kind.evaluation_collate,
+    )

@@ -35,6 +35,9 @@ class DataSection:
     pretrain_split: str = "train"  # e.g. train+unlabeled for stl10
     fraction: float = 1.0  # pretrain on this seeded, stratified share of pretrain_split; evaluation on all
     channels: int | None = None  # image channels, 1 or 3; None: 3 if any image of any split has colour
+    categorical: list[str] = field(default_factory=list)  # event sequences: categorical fields
+    numeric: list[str] = field(default_factory=list)  # event sequences: numeric fields
+    num_samples: int | None = None  # generated data (synthetic_events): how many; None: its default
 
 
 @dataclass
@@ -51,6 +54,12 @@ class AugmentSection:
     solarize_p: float | None = None
     small_crops: int = 0  # multi-crop: this many small views besides the n_views large ones
     small_size: int | None = None
+    # Event sequences (CoLES): views are random contiguous slices of a client's events.
+    split_count: int | None = None  # views per client; None: augment.n_views
+    cnt_min: int = 25  # shortest slice, in events (a shorter sequence is taken whole)
+    cnt_max: int = 200  # longest slice
+    event_dropout: float = 0.0  # drop each event of a view with this probability
+    numeric_noise: float = 0.0  # std of Gaussian noise added to numeric fields
 
 
 @dataclass
@@ -132,7 +141,8 @@ class Config:
     @property
     def views_per_sample(self) -> int:
         """How many views the augmentation makes of each sample: the large ones and the small crops."""
-        return self.augment.n_views + self.augment.small_crops
+        views = self.augment.split_count if self.augment.split_count is not None else self.augment.n_views
+        return views + self.augment.small_crops
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "seed"}
@@ -229,6 +239,12 @@ RANGES: dict[str, Range] = {
     "augment.solarize_p": PROBABILITY,
     "augment.small_crops": NON_NEGATIVE,
     "augment.small_size": Range(low=1, null_means="the preset's value"),
+    "augment.split_count": Range(low=2, null_means="augment.n_views", note="views per client"),
+    "augment.cnt_min": AT_LEAST_1,
+    "augment.cnt_max": AT_LEAST_1,
+    "augment.event_dropout": Range(low=0, high=1, high_open=True),
+    "augment.numeric_noise": NON_NEGATIVE,
+    "data.num_samples": Range(low=2, null_means="the generator's default"),
     "model.proj_hidden_dim": Range(low=1, null_means="the backbone's feature width"),
     "model.proj_dim": AT_LEAST_1,
     "optim.lr": POSITIVE,
@@ -293,6 +309,12 @@ def validate(config: Config) -> None:
             f"run.name={name!r} must be a plain name: letters, digits, '.', '_', '-' (not '.' or '..', "
             "no '/'), so that the run stays inside run.output_dir; put folders in run.output_dir"
         )
+    if config.augment.cnt_min > config.augment.cnt_max:
+        raise ConfigError(
+            f"augment.cnt_min={config.augment.cnt_min} is more than "
+            f"augment.cnt_max={config.augment.cnt_max}: the shortest slice of a sequence cannot be longer "
+            "than the longest"
+        )
     _validate_loss_and_views(config)
 
 
@@ -313,8 +335,8 @@ def _validate_loss_and_views(config: Config) -> None:
         if config.views_per_sample != 2:
             raise ConfigError(
                 f"loss.name=ntxent takes exactly 2 views, the augmentation makes {config.views_per_sample} "
-                "(augment.n_views + augment.small_crops); use loss.name=supcon, which with one label per "
-                "sample is NT-Xent over any number of views"
+                "(augment.n_views or augment.split_count, + augment.small_crops); use loss.name=supcon, "
+                "which with one label per sample is NT-Xent over any number of views"
             )
     if loss.name not in CLASS_WEIGHT_LOSSES and config.train.batch_size < 2:
         raise ConfigError(

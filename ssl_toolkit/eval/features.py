@@ -28,6 +28,7 @@ def extract_features_and_readable(
     batch_size: int = 256,
     num_workers: int = 0,
     device: torch.device | str | None = None,
+    collate_fn: Callable | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features (N, D), targets (N,) and whether each item was readable (N,) (bool), on the CPU, in order.
 
@@ -35,9 +36,12 @@ def extract_features_and_readable(
     (see `ssl_toolkit.data.image_dataset.EvaluationItems`). With an `accelerator`, each process embeds its
     share under its autocast, and `gather_for_metrics` reassembles features, targets and readability
     together and drops the padding that evens out the last batch. Without one, this process embeds
-    everything on `device` (default: the CPU).
+    everything on `device` (default: the CPU). `collate_fn` batches items that torch's default collation
+    cannot (the data kind's, e.g. padded event sequences).
     """
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_fn
+    )
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
     features, targets, readable = [], [], []
@@ -65,7 +69,7 @@ def extract_features(
     """`embed` applied to every readable item `(input, target[, readable])` of `dataset`, in order; returns
     features (N, D) and targets (N,) on the CPU, without the unreadable items.
 
-    `options` (`batch_size`, `num_workers`, `device`) and the processes are those of
+    `options` (`batch_size`, `num_workers`, `device`, `collate_fn`) and the processes are those of
     `extract_features_and_readable`.
     """
     features, targets, readable = extract_features_and_readable(embed, dataset, accelerator, **options)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from accelerate import Accelerator
 from torch import nn
@@ -26,6 +28,7 @@ def online_knn_top1(
     accelerator: Accelerator,
     *,
     batch_size: int = 256,
+    collate_fn: Callable | None = None,
 ) -> float:
     """kNN top-1 of `queries` against `bank`, both embedded without augmentation by the frozen backbone.
 
@@ -34,8 +37,9 @@ def online_knn_top1(
     was_training = backbone.training
     backbone.eval()
     try:
-        bank_x, bank_y = extract_features(backbone, bank, accelerator, batch_size=batch_size)
-        query_x, query_y = extract_features(backbone, queries, accelerator, batch_size=batch_size)
+        options = {"batch_size": batch_size, "collate_fn": collate_fn}
+        bank_x, bank_y = extract_features(backbone, bank, accelerator, **options)
+        query_x, query_y = extract_features(backbone, queries, accelerator, **options)
     finally:
         backbone.train(was_training)
     return knn_top1(bank_x, bank_y, query_x, query_y, num_classes)
@@ -49,6 +53,7 @@ class OnlineKNN:
         bank: the labelled items whose features vote (at most `bank_size` of them).
         queries: the labelled items classified (at most `query_count` of them).
         accelerator: every process embeds its share.
+        collate_fn: the data kind's batching of evaluation items.
     """
 
     def __init__(
@@ -60,12 +65,20 @@ class OnlineKNN:
         *,
         bank_size: int,
         query_count: int,
+        collate_fn: Callable | None = None,
     ):
-        self.backbone, self.accelerator = backbone, accelerator
+        self.backbone, self.accelerator, self.collate_fn = backbone, accelerator, collate_fn
         self.num_classes = bank.num_classes
         self.bank = evenly_spaced_subset(bank, bank_size)
         self.queries = evenly_spaced_subset(queries, query_count)
 
     def __call__(self) -> dict:
-        top1 = online_knn_top1(self.backbone, self.bank, self.queries, self.num_classes, self.accelerator)
+        top1 = online_knn_top1(
+            self.backbone,
+            self.bank,
+            self.queries,
+            self.num_classes,
+            self.accelerator,
+            collate_fn=self.collate_fn,
+        )
         return {"knn_top1": top1}

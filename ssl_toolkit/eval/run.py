@@ -148,7 +148,11 @@ class EvaluationRun:
     def _extract(self, embed, dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The readable items' features and targets; the others are counted."""
         features, targets, readable = extract_features_and_readable(
-            embed, dataset, self.accelerator, batch_size=self.batch_size
+            embed,
+            dataset,
+            self.accelerator,
+            batch_size=self.batch_size,
+            collate_fn=self.kind.evaluation_collate,
         )
         self._count_unreadable(split, int((~readable).sum()))
         if not readable.any():

@@ -9,11 +9,13 @@ from ssl_toolkit.kinds.base import (
     register_data_kind,
 )
 from ssl_toolkit.kinds.image import ImageKind
+from ssl_toolkit.kinds.sequence import SequenceKind
 
 __all__ = [
     "DATA_KINDS",
     "DataKind",
     "ImageKind",
+    "SequenceKind",
     "TrainingData",
     "data_kind_class",
     "kind_by_name",

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from ssl_toolkit.config import Config, ConfigError
 from ssl_toolkit.encoder_file import save_encoder
@@ -35,10 +35,12 @@ class TrainingData:
             `num_classes`.
         batch_views: makes the list of views (B, ...) from a collated batch of raw samples on the device,
             or None when the items are views already.
+        collate: batches the items, where torch's default collation cannot (sequences of many lengths).
     """
 
     dataset: Dataset
     batch_views: Callable[[Any], list[torch.Tensor]] | None = None
+    collate: Callable[[list], Any] | None = None  # None: torch's default collation
 
     def views(self, inputs: Any) -> list[torch.Tensor]:
         """The views of a batch as the DataLoader yields it."""
@@ -175,6 +177,10 @@ class DataKind(ABC):
     @abstractmethod
     def evaluation_dataset(self, split: str) -> Dataset:
         """`split` (train or test) with the evaluation transform: items `(input, target)`."""
+
+    def evaluation_collate(self, items: list) -> Any:
+        """A batch of evaluation items `(input, target, readable)` as the encoder and the loop take it."""
+        return default_collate(items)
 
     def baseline_features(self, inputs: torch.Tensor) -> torch.Tensor:
         """Features (B, F) of a batch of evaluation inputs without any encoder, for the raw baseline."""

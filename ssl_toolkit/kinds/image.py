@@ -87,6 +87,8 @@ class ImageKind(DataKind):
     def view_params(self) -> list[ViewParams]:
         """The views that `config.augment` asks for, as its preset resolves them for these images."""
         augment, stats = self.config.augment, self.preprocessing()
+        if augment.split_count is not None:
+            raise ConfigError("augment.split_count is for event sequences; images take augment.n_views")
         try:
             return preset_views(
                 augment.preset,

@@ -1,0 +1,1 @@
+"""Event sequences: clients' events in memory, their CoLES views and padded batches."""
