@@ -13,6 +13,7 @@ from ssl_toolkit.config import ConfigError
 from ssl_toolkit.kinds.base import DataKind, TrainingData, register_data_kind
 from ssl_toolkit.sequences.encoders import SequenceEncoderSpec, create_sequence_encoder
 from ssl_toolkit.sequences.events import Events, EventSequences, synthetic_events, train_test_clients
+from ssl_toolkit.sequences.tables import TableError, read_events
 from ssl_toolkit.sequences.views import PaddedEvents, SliceViews, pad_events
 
 SPLITS = ("train", "test")
@@ -69,21 +70,34 @@ class SequenceKind(DataKind):
 
     @classmethod
     def dataset_names(cls) -> list[str]:
-        return ["synthetic_events"]
+        return ["synthetic_events", "events"]
 
     # -- which data -------------------------------------------------------------------------------------
     def _clients(self) -> EventSequences:
+        """Every client of the data, once; and `self._splits`, the indices of each split."""
         if not hasattr(self, "_all_clients"):
-            count = self.config.data.num_samples or SYNTHETIC_CLIENTS
-            self._all_clients = synthetic_events(count, SYNTHETIC_CLASSES, seed=DATA_SEED)
+            data = self.config.data
+            if data.name == "events":
+                if data.root is None:
+                    raise ConfigError(
+                        "data.name=events needs data.root: the folder with events.csv or .parquet"
+                    )
+                try:
+                    self._all_clients, self._splits = read_events(data.root, data.categorical, data.numeric)
+                except TableError as error:
+                    raise ConfigError(str(error)) from None
+            else:
+                count = data.num_samples or SYNTHETIC_CLIENTS
+                self._all_clients = synthetic_events(count, SYNTHETIC_CLASSES, seed=DATA_SEED)
+                train, test = train_test_clients(self._all_clients.targets, TEST_FRACTION, DATA_SEED)
+                self._splits = {"train": train, "test": test}
         return self._all_clients
 
     def load_split(self, split: str) -> EventSequences:
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)} (data.pretrain_split)")
         clients = self._clients()
-        train, test = train_test_clients(clients.targets, TEST_FRACTION, DATA_SEED)
-        return clients.select(train if split == "train" else test)
+        return clients.select(self._splits[split])
 
     def subset(self, dataset: EventSequences, indices: torch.Tensor) -> EventSequences:
         return dataset.select(indices)
