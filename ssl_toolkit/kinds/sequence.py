@@ -13,7 +13,8 @@ from ssl_toolkit.config import ConfigError
 from ssl_toolkit.kinds.base import DataKind, TrainingData, register_data_kind
 from ssl_toolkit.sequences.encoders import SequenceEncoderSpec, create_sequence_encoder
 from ssl_toolkit.sequences.events import Events, EventSequences, synthetic_events, train_test_clients
-from ssl_toolkit.sequences.tables import TableError, read_events
+from ssl_toolkit.sequences.tables import read_events
+from ssl_toolkit.sequences.ucr import UCR_DATASETS, load_ucr
 from ssl_toolkit.sequences.views import PaddedEvents, SliceViews, pad_events
 
 SPLITS = ("train", "test")
@@ -70,7 +71,7 @@ class SequenceKind(DataKind):
 
     @classmethod
     def dataset_names(cls) -> list[str]:
-        return ["synthetic_events", "events"]
+        return ["synthetic_events", "events", *UCR_DATASETS]
 
     # -- which data -------------------------------------------------------------------------------------
     def _clients(self) -> EventSequences:
@@ -78,14 +79,9 @@ class SequenceKind(DataKind):
         if not hasattr(self, "_all_clients"):
             data = self.config.data
             if data.name == "events":
-                if data.root is None:
-                    raise ConfigError(
-                        "data.name=events needs data.root: the folder with events.csv or .parquet"
-                    )
-                try:
-                    self._all_clients, self._splits = read_events(data.root, data.categorical, data.numeric)
-                except TableError as error:
-                    raise ConfigError(str(error)) from None
+                if data.root is None:  # a ValueError: `dataset` makes it one ConfigError naming data.name
+                    raise ValueError("it needs data.root: the folder with events.csv or events.parquet")
+                self._all_clients, self._splits = read_events(data.root, data.categorical, data.numeric)
             else:
                 count = data.num_samples or SYNTHETIC_CLIENTS
                 self._all_clients = synthetic_events(count, SYNTHETIC_CLASSES, seed=DATA_SEED)
@@ -96,6 +92,8 @@ class SequenceKind(DataKind):
     def load_split(self, split: str) -> EventSequences:
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)} (data.pretrain_split)")
+        if self.config.data.name in UCR_DATASETS:  # the archive's own train and test files
+            return load_ucr(UCR_DATASETS[self.config.data.name], split, self.config.data.root)
         clients = self._clients()
         return clients.select(self._splits[split])
 
@@ -105,7 +103,7 @@ class SequenceKind(DataKind):
     def fields(self) -> tuple[list[str], list[str]]:
         """The categorical and numeric fields the encoder reads: those of data.categorical and
         data.numeric, or every field of the data when both are empty."""
-        data, clients = self.config.data, self._clients()
+        data, clients = self.config.data, self.pretraining_split()
         if not data.categorical and not data.numeric:
             return list(clients.categorical), list(clients.numeric)
         for key, names, known in (

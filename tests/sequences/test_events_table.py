@@ -103,7 +103,7 @@ def test_a_missing_table_and_a_missing_root_name_the_key(tmp_path):
     with pytest.raises(TableError, match=r"neither events\.parquet nor events\.csv"):
         read_events(tmp_path, ["mcc"], [])
     config = load_config(None, ["data.name=events", "data.numeric=[amount]"])
-    with pytest.raises(ConfigError, match=r"data\.name=events needs data\.root"):
+    with pytest.raises(ConfigError, match=r"data\.name='events': it needs data\.root"):
         SequenceKind(config).dataset("train")
 
 
