@@ -16,6 +16,7 @@ from torch import nn
 
 from ssl_toolkit.config import load_config
 from ssl_toolkit.data import DATASETS
+from ssl_toolkit.kinds import SequenceKind
 from ssl_toolkit.losses import NTXentLoss, create_loss
 from ssl_toolkit.optim import scale_lr
 from ssl_toolkit.run_dir import RunDirectory
@@ -25,7 +26,12 @@ ACCELERATE_DIR = RECIPE_DIR / "accelerate"
 RECIPES = sorted(RECIPE_DIR.glob("*.yaml"))
 ACCELERATE_CONFIGS = sorted(ACCELERATE_DIR.glob("*.yaml"))
 CPU_RECIPES = [RECIPE_DIR / "quickstart.yaml", RECIPE_DIR / "fashion_mnist_simclr_cpu.yaml"]
-GPU_RECIPES = [path for path in RECIPES if path not in CPU_RECIPES]
+SEQUENCE_RECIPES = [
+    RECIPE_DIR / "synthetic_events_coles.yaml",
+    RECIPE_DIR / "ucr_basic_motions_coles.yaml",
+    RECIPE_DIR / "events_coles.yaml",
+]
+GPU_RECIPES = [path for path in RECIPES if path not in CPU_RECIPES + SEQUENCE_RECIPES]
 CITED_RECIPES = [path for path in RECIPES if path.stem != "quickstart"]
 FASHION_MNIST_RECIPES = [
     RECIPE_DIR / "fashion_mnist_simclr.yaml",
@@ -74,8 +80,11 @@ def test_every_promised_recipe_and_accelerate_config_ships():
 @pytest.mark.parametrize("recipe", RECIPES, ids=_ids)
 def test_recipe_dataset_and_loss_exist_and_build(recipe):
     config = load_config(recipe)
-    assert config.data.name in DATASETS, f"{recipe.name}: unknown dataset {config.data.name!r}"
-    assert config.data.pretrain_split in DATASETS[config.data.name].splits
+    if recipe in SEQUENCE_RECIPES:
+        assert config.data.name in SequenceKind.dataset_names(), f"{recipe.name}: {config.data.name!r}"
+    else:
+        assert config.data.name in DATASETS, f"{recipe.name}: unknown dataset {config.data.name!r}"
+        assert config.data.pretrain_split in DATASETS[config.data.name].splits
     options = dict(config.loss.options)
     if config.loss.name == "arcface":
         options.update(num_classes=10, embedding_dim=config.model.proj_dim)
@@ -241,3 +250,57 @@ def test_the_quickstart_checkpoints_before_its_last_step():
     total_steps = config.train.epochs * steps_per_epoch
     assert config.train.checkpoint_every < total_steps, "a crash would lose the whole run"
     assert total_steps // config.train.checkpoint_every >= 4
+
+
+def _ucr_archive(folder: Path) -> Path:
+    """A BasicMotions-shaped archive (6 dimensions, 4 classes) of random series, for a run's few steps."""
+    generator = torch.Generator().manual_seed(0)
+    labels = ["Standing", "Running", "Walking", "Badminton"]
+    header = f"@problemName BasicMotions\n@univariate false\n@classLabel true {' '.join(labels)}\n@data\n"
+    for split, count in (("TRAIN", 40), ("TEST", 8)):
+        rows = []
+        for index in range(count):
+            series = torch.randn(6, 100, generator=generator).tolist()
+            rows.append(
+                ":".join(",".join(f"{v:.3f}" for v in dim) for dim in series) + f":{labels[index % 4]}"
+            )
+        (folder / f"BasicMotions_{split}.ts").write_text(header + "\n".join(rows) + "\n")
+    return folder
+
+
+def _events_table(folder: Path) -> Path:
+    generator = torch.Generator().manual_seed(0)
+    lines, labels = ["id,time,mcc,amount"], ["id,target"]
+    for client in range(80):
+        for step in range(int(torch.randint(30, 90, (), generator=generator))):
+            code, amount = (
+                int(torch.randint(0, 5, (), generator=generator)),
+                float(torch.rand((), generator=generator)),
+            )
+            lines.append(f"c{client},{step},m{code},{amount:.3f}")
+        labels.append(f"c{client},{client % 2}")
+    (folder / "events.csv").write_text("\n".join(lines) + "\n")
+    (folder / "labels.csv").write_text("\n".join(labels) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("recipe", SEQUENCE_RECIPES, ids=_ids)
+def test_sequence_recipe_runs_real_steps_on_cpu(recipe, tmp_path):
+    """A few steps of each sequence recipe as a user runs it: the synthetic clients as they are, the UCR
+    archive and the events table from files of their shape under data.root."""
+    overrides = ["train.max_steps=2", "log.trackers=[]", "log.knn_every=0", "data.num_workers=0",
+                 f"run.output_dir={tmp_path}"]  # fmt: skip
+    if recipe.stem == "ucr_basic_motions_coles":
+        overrides.append(f"data.root={_ucr_archive(tmp_path)}")
+    if recipe.stem == "events_coles":
+        overrides += [
+            f"data.root={_events_table(tmp_path)}",
+            "data.categorical=[mcc]",
+            "data.numeric=[amount]",
+        ]
+    config = load_config(recipe, overrides)
+    assert config.run.name == recipe.stem
+    run_dir = pretrain_tiny(tmp_path, config=config)
+    logged = records(run_dir)
+    assert logged[-1]["step"] == 2 and math.isfinite(logged[-1]["loss"])
+    assert RunDirectory(run_dir).encoder.is_file()
