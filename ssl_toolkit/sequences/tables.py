@@ -26,8 +26,9 @@ class TableError(ValueError):
     """An events or labels file that cannot be used as it is; the message names the file and the fix."""
 
 
-def _read_columns(path: Path, wanted: list[str]) -> dict[str, list]:
-    """The `wanted` columns of a CSV or Parquet file, as lists of values (strings for CSV)."""
+def _read_columns(path: Path, wanted: list[str], optional: tuple[str, ...] = ()) -> dict[str, list]:
+    """The `wanted` columns of a CSV or Parquet file, as lists of values (strings for CSV), and those of
+    the `optional` columns the file has."""
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as parquet
@@ -41,7 +42,9 @@ def _read_columns(path: Path, wanted: list[str]) -> dict[str, list]:
             raise TableError(f"{path} cannot be read as Parquet ({error}); write it again") from None
         names = table.column_names
         _require(path, names, wanted)
-        return {name: table.column(name).to_pylist() for name in wanted}
+        return {
+            name: table.column(name).to_pylist() for name in [*wanted, *(o for o in optional if o in names)]
+        }
     try:
         with path.open(newline="") as handle:
             reader = csv.reader(handle)
@@ -50,6 +53,7 @@ def _read_columns(path: Path, wanted: list[str]) -> dict[str, list]:
                 raise TableError(f"{path} is empty; it needs a header row with {', '.join(wanted)}")
             header = [name.strip() for name in header]
             _require(path, header, wanted)
+            wanted = [*wanted, *(name for name in optional if name in header)]
             positions = [header.index(name) for name in wanted]
             columns: dict[str, list] = {name: [] for name in wanted}
             for line, row in enumerate(reader, start=2):
@@ -199,10 +203,7 @@ def _read_labels(
     targets = torch.full((len(order_of_id),), -1, dtype=torch.long)
     if not path.is_file():
         return targets, [], None
-    with path.open(newline="") as handle:
-        header = [name.strip() for name in next(csv.reader(handle), [])]
-    wanted = ["id", "target", *(["split"] if "split" in header else [])]
-    columns = _read_columns(path, wanted)
+    columns = _read_columns(path, ["id", "target"], optional=("split",))
     unknown = [value for value in columns["id"] if str(value) not in order_of_id]
     if unknown:
         raise TableError(
