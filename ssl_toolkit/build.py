@@ -82,11 +82,19 @@ def train_loader(
     return loader, items
 
 
-def encoders(config: Config, kind: DataKind, num_processes: int) -> tuple[nn.Module, nn.Module]:
+def encoders(
+    config: Config, kind: DataKind, num_processes: int, device: torch.device | None = None
+) -> tuple[nn.Module, nn.Module]:
     """The encoder to save and evaluate, and the one to train (the same, or its compiled form).
 
     Both share their parameters; the compiled one's state dict would name them `_orig_mod.*`.
     """
+    if config.model.sync_bn and num_processes > 1 and device is not None and device.type != "cuda":
+        # DDP refuses SyncBatchNorm off the GPU with a long traceback; say so before building.
+        raise ConfigError(
+            f"model.sync_bn=true needs CUDA processes (torch's SyncBatchNorm runs on GPUs only), but these "
+            f"{num_processes} processes run on {device.type}; set model.sync_bn=false"
+        )
     encoder = kind.create_encoder()
     if config.model.sync_bn and num_processes > 1:
         encoder = nn.SyncBatchNorm.convert_sync_batchnorm(encoder)

@@ -26,26 +26,43 @@ def _probe(args: argparse.Namespace) -> int:
         features=args.features,
         baselines=args.baselines,
         weight_decay=args.weight_decay,
+        model=args.model,
+        folds=args.folds,
     )
     if result is not None:  # the main process
         _print_probe(args.run_dir, result)
     return 0
 
 
-def _print_probe(run_dir: str, result: dict) -> None:
-    def line(label: str, report: dict) -> str:
-        top5 = f"   top-5 {100 * report['top5']:.2f}%" if "top5" in report else ""
-        return f"  {label:<26}top-1 {100 * report['top1']:.2f}%{top5}   AUROC {report['auroc']:.4f}"
+PROBE_TITLES = {"linear": "linear probe", "boosting": "gradient-boosting probe"}
 
-    lines = [f"linear probe on {run_dir} ({result['features']} features, dim {result['feature_dim']}):"]
-    lines.append(line("pretrained encoder", result))
+
+def _print_probe(run_dir: str, result: dict) -> None:
+    def line(label: str, report: dict, folds: dict | None) -> str:
+        top5 = f"   top-5 {100 * report['top5']:.2f}%" if "top5" in report else ""
+        text = f"  {label:<26}top-1 {100 * report['top1']:.2f}%{top5}   AUROC {report['auroc']:.4f}"
+        if folds is not None:
+            text += (
+                f"   {folds['folds']} folds: top-1 {100 * folds['top1_mean']:.2f} ± "
+                f"{100 * folds['top1_std']:.2f}%, AUROC {folds['auroc_mean']:.4f} ± {folds['auroc_std']:.4f}"
+            )
+        return text
+
+    model = result.get("model", "linear")
+    title = PROBE_TITLES[model]
+    lines = [f"{title} on {run_dir} ({result['features']} features, dim {result['feature_dim']}):"]
+    lines.append(line("pretrained encoder", result, result.get("cross_validation")))
     if "projection" in result:
-        lines.append(line(f"projection z (dim {result['projection']['feature_dim']})", result["projection"]))
+        projection = result["projection"]
+        label = f"projection z (dim {projection['feature_dim']})"
+        lines.append(line(label, projection, projection.get("cross_validation")))
     labels = {"random_init": "same backbone, untrained"}  # the data kind's raw baseline reads as its name
     for baseline in result.get("baselines", []):
+        report = {"top1": result[f"{baseline}_top1"], "auroc": result[f"{baseline}_auroc"]}
         label = labels.get(baseline, baseline.replace("_", " "))
-        lines.append(f"  {label:<26}top-1 {100 * result[f'{baseline}_top1']:.2f}%")
-    lines.append(f"  written to {run_dir}/probe.json")
+        lines.append(line(label, report, result.get(f"{baseline}_cross_validation")))
+    name = "probe.json" if model == "linear" else f"probe_{model}.json"
+    lines.append(f"  written to {run_dir}/{name}")
     print("\n".join(lines))
 
 
@@ -77,8 +94,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     run = EvaluationRun(args.run_dir, args.overrides)
     for evaluation in dict.fromkeys(args.evaluations):
-        if evaluation == "probe":
-            result = run_probe(run, features=args.features, weight_decay=args.weight_decay)
+        if evaluation in ("probe", "boosting"):
+            model = "linear" if evaluation == "probe" else "boosting"
+            decay = args.weight_decay if model == "linear" else None
+            result = run_probe(run, features=args.features, weight_decay=decay, model=model)
             if result is not None:
                 _print_probe(args.run_dir, result)
         else:
@@ -194,7 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
         ["backbone", "projection", "both"],
     )
     probe.add_argument(
-        "--baselines", action="store_true", help="also probe the untrained backbone and raw pixels"
+        "--baselines",
+        action="store_true",
+        help="also probe the untrained backbone and the raw features (pixels; per-client aggregates)",
+    )
+    probe.add_argument(
+        "--model",
+        default="linear",
+        choices=["linear", "boosting"],
+        help="linear: L-BFGS logistic regression → probe.json (default); "
+        "boosting: scikit-learn's HistGradientBoosting → probe_boosting.json",
+    )
+    probe.add_argument(
+        "--folds",
+        type=int,
+        help="also report mean ± std of top-1 and AUROC over this many stratified folds of the train split",
     )
     probe.add_argument(
         "--weight-decay",
@@ -217,9 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--evaluations",
         nargs="+",
-        choices=["probe", "knn"],
+        choices=["probe", "knn", "boosting"],
         default=["probe", "knn"],
-        help="which to run, in this order (default: probe knn); each with its command's defaults",
+        help="which to run, in this order (default: probe knn; boosting: `probe --model boosting`); "
+        "each with its command's defaults",
     )
     evaluate.add_argument("--weight-decay", type=float, help="the probe's weight decay, as probe's option")
     evaluate.set_defaults(handler=_evaluate)

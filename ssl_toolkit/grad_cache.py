@@ -28,8 +28,10 @@ RandomState = tuple[torch.Tensor, list[torch.Tensor]]
 
 
 def _cuda_devices(inputs: Sequence[torch.Tensor]) -> list[int]:
-    """CUDA devices whose generators a forward on `inputs` may draw from (e.g. for dropout)."""
-    indices = {x.device.index for x in inputs if x.is_cuda}
+    """CUDA devices whose generators a forward on `inputs` may draw from (e.g. for dropout).
+
+    Only `.device` is asked of an input, so batches that are not tensors (padded sequences) chunk too."""
+    indices = {x.device.index for x in inputs if x.device.type == "cuda"}
     return sorted(torch.cuda.current_device() if index is None else index for index in indices)
 
 

@@ -69,7 +69,7 @@ def _train(config: Config, run: RunDirectory, accelerator: Accelerator, signals:
     dataset = kind.pretraining_dataset()
     data = kind.training_data(dataset, accelerator.device)
     loader, items = build.train_loader(config, data, accelerator.num_processes)
-    encoder, trained_encoder = build.encoders(config, kind, accelerator.num_processes)
+    encoder, trained_encoder = build.encoders(config, kind, accelerator.num_processes, accelerator.device)
     objective = ContrastiveObjective(trained_encoder, build.loss(config, dataset))
     optimizer, peak_lr = build.optimizer(config, objective, accelerator.num_processes)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)

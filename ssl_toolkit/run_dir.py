@@ -10,7 +10,7 @@ runs/NAME/
                            resumable (`.tmp_*` while being written)
   encoder.safetensors      backbone + head weights, the spec to rebuild them and their preprocessing
   features/                evaluation's feature cache
-  probe.json, knn.json     evaluation results
+  probe.json, knn.json     evaluation results (probe_boosting.json: the gradient-boosting probe)
   tsne_<features>.png      evaluation's map
   unreadable_images.txt    input files the dataset could not read and skipped
   wandb/, ssl_toolkit/     the W&B and TensorBoard trackers' files
@@ -141,6 +141,10 @@ class RunDirectory:
     @property
     def probe(self) -> Path:
         return self.path / "probe.json"
+
+    def probe_result(self, model: str) -> Path:
+        """probe.json for the linear probe, probe_<model>.json for another downstream model."""
+        return self.probe if model == "linear" else self.path / f"probe_{model}.json"
 
     @property
     def knn(self) -> Path:

@@ -22,6 +22,27 @@ TINY_RUN = [
     "log.every=1",
 ]
 
+# A tiny GRU on CoLES slices of synthetic event sequences, for the quickstart recipe.
+SEQUENCE_RUN = [
+    "data.name=synthetic_events",
+    "data.num_samples=240",
+    "augment.split_count=3",
+    "augment.cnt_min=8",
+    "augment.cnt_max=40",
+    "model.backbone=gru",
+    "model.backbone_args={hidden_size: 32, embedding_dim: 8}",
+    "model.proj_dim=16",
+    "loss.name=coles",
+    "loss.temperature=0.2",
+    "optim.name=adamw",
+    "optim.lr=3.0e-3",
+    "optim.warmup_epochs=0",
+    "train.batch_size=32",
+    "train.checkpoint_every=5",
+    "log.trackers=[]",
+    "log.every=1",
+]
+
 
 def reset_accelerate() -> None:
     """Accelerate keeps process-wide singletons; a new Accelerator in the same process needs them cleared."""

@@ -7,6 +7,7 @@ import types
 import typing
 
 import pytest
+import torch
 
 from ssl_toolkit.config import SECTIONS, Config, ConfigError, load_config, packaged_recipes
 from ssl_toolkit.config.schema import LOSS_OPTION_RANGES, RANGES, loss_option_range
@@ -257,3 +258,18 @@ def test_loss_constructors_keep_their_own_checks():
 
     with pytest.raises(ValueError, match="temperature"):
         NTXentLoss(temperature=0.0)
+
+
+def test_sync_bn_on_cpu_processes_is_one_line_before_building():
+    from pretraining_runs import tiny_config
+
+    from ssl_toolkit import build
+
+    config = tiny_config("/tmp", "sync", "model.sync_bn=true")
+    kind = build.data_kind(config)
+    with pytest.raises(
+        ConfigError, match=r"model.sync_bn=true needs CUDA processes .* set model.sync_bn=false"
+    ):
+        build.encoders(config, kind, 2, torch.device("cpu"))
+    encoder, _ = build.encoders(config, kind, 1, torch.device("cpu"))  # one process: nothing to sync
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in encoder.modules())

@@ -1,12 +1,15 @@
-"""`ssl-toolkit probe RUN_DIR`: linear probe on the frozen encoder of a pretraining run → probe.json."""
+"""`ssl-toolkit probe RUN_DIR`: a downstream classifier on a pretraining run's frozen encoder → probe.json
+(the linear probe) or probe_boosting.json (gradient boosting)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import torch
+
 from ssl_toolkit.config import ConfigError
-from ssl_toolkit.eval.linear_probe import evaluate_linear_probe
+from ssl_toolkit.eval.downstream import MODELS, check_folds, cross_validate, downstream_evaluator
 from ssl_toolkit.eval.run import FEATURES, RANDOM_INIT, EvaluationRun, open_run
 from ssl_toolkit.run_dir import write_json
 
@@ -22,8 +25,10 @@ def run_probe(
     baselines: bool = False,
     batch_size: int = 256,
     weight_decay: float | None = None,
+    model: str = "linear",
+    folds: int | None = None,
 ) -> dict | None:
-    """Probe the run's frozen encoder on its dataset; writes probe.json and returns its contents.
+    """Probe the run's frozen encoder on its dataset; writes the result file and returns its contents.
 
     `features`: "backbone" (h, the default), "projection" (z) or "both", which reports h at the top level
     and z under "projection". `baselines` adds `random_init_top1` (the same backbone, untrained) and the
@@ -32,13 +37,23 @@ def run_probe(
     returns the result, the others None. `weight_decay` fixes the probe's decay; by default it is picked
     on a validation split carved from train. `run_dir` may be an open `EvaluationRun`, whose features
     later evaluations reuse.
+
+    `model`: "linear" (the L-BFGS logistic regression, → probe.json) or "boosting" (scikit-learn's
+    HistGradientBoosting, → probe_boosting.json). `folds` adds, beside the test-split figures, the mean ±
+    std of top-1 and AUROC over that many stratified folds of the train split (under "cross_validation",
+    and `<baseline>_cross_validation` for each baseline).
     """
+    if model not in MODELS:
+        raise ConfigError(f"--model {model!r} is not one of: {', '.join(MODELS)}")
     if weight_decay is not None and not weight_decay >= 0:
         raise ConfigError(f"--weight-decay {weight_decay} must be a number ≥ 0, e.g. 1e-4")
+    if weight_decay is not None and model != "linear":
+        raise ConfigError(f"--weight-decay is the linear probe's option; --model {model} takes none")
     if features not in FEATURE_CHOICES:
         raise ConfigError(f"--features {features!r} is not one of: {', '.join(FEATURE_CHOICES)}")
     started = time.perf_counter()
     run = open_run(run_dir, overrides, batch_size=batch_size)
+    check_folds(folds, torch.as_tensor(run.train_set.targets))
     kinds = list(FEATURES) if features == "both" else [features]
     if baselines:
         kinds += [RANDOM_INIT, run.baseline]
@@ -46,28 +61,42 @@ def run_probe(
     extracted = {kind: (run.features(kind, "train"), run.features(kind, "test")) for kind in kinds}
     if not run.is_main_process:
         return None
+    evaluate = downstream_evaluator(
+        model, run.num_classes, seed=run.config.seed, device=run.device, weight_decay=weight_decay
+    )
 
     def probe(kind: str) -> dict:
         train, test = extracted[kind]
-        return evaluate_linear_probe(
-            train, test, run.num_classes, seed=run.config.seed, device=run.device, weight_decay=weight_decay
-        )
+        report = evaluate(train, test)
+        if folds is not None:
+            report["cross_validation"] = cross_validate(evaluate, train, folds, seed=run.config.seed)
+        return report
 
     primary = kinds[0]
-    result = {**probe(primary), "features": primary, "classes": run.classes}
+    result = {**probe(primary), "model": model, "features": primary, "classes": run.classes}
     if features == "both":
         result["projection"] = {**probe("projection"), "features": "projection"}
     if baselines:
         result["baselines"] = [RANDOM_INIT, run.baseline]
         for baseline in result["baselines"]:
-            result[f"{baseline}_top1"] = probe(baseline)["top1"]
+            report = probe(baseline)
+            result[f"{baseline}_top1"], result[f"{baseline}_auroc"] = report["top1"], report["auroc"]
+            if folds is not None:
+                result[f"{baseline}_cross_validation"] = report["cross_validation"]
     result["unreadable_images"] = run.unreadable_images
     result["seconds"] = time.perf_counter() - started
-    write_json(run.directory.probe, result)
+    write_json(run.directory.probe_result(model), result)
 
-    summary_keys = (*SUMMARY_KEYS, f"{RANDOM_INIT}_top1", f"{run.baseline}_top1")
-    summary = {f"probe/{key}": value for key, value in result.items() if key in summary_keys}
+    prefix = "probe" if model == "linear" else f"probe_{model}"
+    summary_keys = (
+        *SUMMARY_KEYS,
+        *(f"{b}_{m}" for b in (RANDOM_INIT, run.baseline) for m in ("top1", "auroc")),
+    )
+    summary = {f"{prefix}/{key}": value for key, value in result.items() if key in summary_keys}
     projection = result.get("projection", {})
-    summary.update({f"probe/projection_{k}": v for k, v in projection.items() if k in SUMMARY_KEYS})
+    summary.update({f"{prefix}/projection_{k}": v for k, v in projection.items() if k in SUMMARY_KEYS})
+    for metric, value in result.get("cross_validation", {}).items():
+        if metric.endswith(("_mean", "_std")):
+            summary[f"{prefix}/folds_{metric}"] = value
     run.publish(summary)
     return result

@@ -56,8 +56,14 @@ class EvaluationSequences(Dataset):
 
 
 def collate_views(items: list[tuple[list[Events], int]]) -> tuple[list[PaddedEvents], torch.Tensor]:
-    """Training items → one padded batch per view, and the targets."""
-    views = [pad_events([item[0][view] for item in items]) for view in range(len(items[0][0]))]
+    """Training items → one padded batch per view, and the targets.
+
+    Every view is padded to the longest slice of the batch: views of one shape share a forward pass, so the
+    head's BatchNorm sees the whole batch, as for images, whatever lengths the slices happen to have.
+    """
+    batch, num_views = len(items), len(items[0][0])
+    padded = pad_events([item[0][view] for view in range(num_views) for item in items])
+    views = [padded[view * batch : (view + 1) * batch] for view in range(num_views)]
     return views, torch.tensor([target for _, target in items])
 
 

@@ -76,3 +76,31 @@ def test_the_transformer_names_the_key_when_a_sequence_is_too_long():
     encoder.backbone.max_length = len(longest["dt"]) - 1
     with pytest.raises(ValueError, match="max_length"):
         encoder(pad_events([longest]))
+
+
+@pytest.mark.parametrize("backbone", list(SEQUENCE_BACKBONES))
+def test_gradient_caching_over_chunks_of_padded_views_gives_the_whole_batchs_gradients(backbone):
+    from ssl_toolkit.grad_cache import cached_backward
+    from ssl_toolkit.kinds.sequence import collate_views
+    from ssl_toolkit.losses import create_loss, loss_over_views
+    from ssl_toolkit.sequences.views import SliceViews
+
+    encoder = _encoder(backbone).train()
+    encoder.head.eval()  # BatchNorm in eval mode: chunks then normalise as the whole batch does
+    slices = SliceViews(split_count=3, cnt_min=3, cnt_max=12)
+    torch.manual_seed(1)
+    views, _ = collate_views([(slices(DATA[i][0]), 0) for i in range(len(DATA))])
+    loss = create_loss("coles", temperature=0.3)
+
+    def embed(chunk):
+        return list(encoder(torch.cat(chunk))[1].chunk(len(chunk)))
+
+    plain = loss_over_views(loss, embed(views))
+    plain.backward()
+    expected = [p.grad.clone() for p in encoder.parameters()]
+    encoder.zero_grad()
+    # Chunks of 5 rows of each of the 3 views of 12 clients: 5, 5, 2.
+    cached, _ = cached_backward(embed, lambda z: loss_over_views(loss, z), views, chunk_size=5)
+    assert cached.item() == pytest.approx(plain.item(), rel=1e-6)
+    for parameter, grad in zip(encoder.parameters(), expected, strict=True):
+        torch.testing.assert_close(parameter.grad, grad, rtol=1e-4, atol=1e-6)

@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from pretraining_runs import logged_losses, pretrain_tiny, records
+import torch
+from pretraining_runs import SEQUENCE_RUN, logged_losses, pretrain_tiny, records
 
+from ssl_toolkit import build
+from ssl_toolkit.cli import main
 from ssl_toolkit.config import ConfigError, load_config
 from ssl_toolkit.eval.probe import run_probe
 from ssl_toolkit.run_dir import RunDirectory
+from ssl_toolkit.sequences.views import PaddedEvents
+from ssl_toolkit.training.objective import ContrastiveObjective
 
-SEQUENCE_RUN = [
-    "data.name=synthetic_events",
-    "data.num_samples=240",
-    "augment.split_count=3",
-    "augment.cnt_min=8",
-    "augment.cnt_max=40",
-    "model.backbone=gru",
-    "model.backbone_args={hidden_size: 32, embedding_dim: 8}",
-    "model.proj_dim=16",
-    "loss.name=coles",
-    "loss.temperature=0.2",
-    "optim.name=adamw",
-    "optim.lr=3.0e-3",
-    "optim.warmup_epochs=0",
-    "train.batch_size=32",
-    "train.checkpoint_every=5",
-    "log.trackers=[]",
-    "log.every=1",
-]
+WORKER = Path(__file__).resolve().parent / "sequence_processes.py"
 
 
 def _config(tmp_path, name, *overrides):
@@ -41,7 +33,7 @@ def _config(tmp_path, name, *overrides):
     )
 
 
-def test_a_gru_pretrains_on_coles_slices_and_its_run_is_evaluated(tmp_path):
+def test_a_gru_pretrains_on_coles_slices_and_its_run_is_evaluated(tmp_path, capsys):
     run_dir = pretrain_tiny(
         tmp_path, config=_config(tmp_path, "events", "train.max_steps=12", "log.knn_every=6")
     )
@@ -55,6 +47,21 @@ def test_a_gru_pretrains_on_coles_slices_and_its_run_is_evaluated(tmp_path):
     probe = run_probe(run_dir, baselines=True, weight_decay=1e-3)
     assert probe["num_train"] == 192 and probe["num_test"] == 48
     assert 0.0 <= probe["top1"] <= 1.0 and "aggregates_top1" in probe and "random_init_top1" in probe
+    assert probe["model"] == "linear"
+
+    # CoLES's downstream protocol: gradient boosting, mean ± std over stratified folds and the test split.
+    capsys.readouterr()
+    assert main(["probe", str(run_dir), "--model", "boosting", "--folds", "3", "--baselines"]) == 0
+    printed = capsys.readouterr().out
+    boosting = json.loads((run_dir / "probe_boosting.json").read_text())
+    assert boosting["model"] == "boosting" and boosting["num_test"] == 48
+    folds = boosting["cross_validation"]
+    assert folds["folds"] == 3 and len(folds["per_fold"]) == 3
+    assert folds["top1_mean"] == pytest.approx(sum(f["top1"] for f in folds["per_fold"]) / 3)
+    assert boosting["aggregates_cross_validation"]["folds"] == 3 and "random_init_auroc" in boosting
+    assert "gradient-boosting probe" in printed and "3 folds: top-1" in printed
+    assert "probe_boosting.json" in printed
+    assert json.loads(run.probe.read_text())["model"] == "linear"  # the linear probe's file is its own
 
 
 class Killed(Exception):
@@ -92,3 +99,62 @@ def test_sequence_settings_are_checked_before_training(tmp_path):
         pretrain_tiny(
             tmp_path, config=_config(tmp_path, "bad2", "model.backbone=resnet18", "model.backbone_args={}")
         )
+
+
+def _worker():
+    spec = importlib.util.spec_from_file_location("sequence_processes", WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_process_on_their_concatenated_sequence_batches(tmp_path):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(WORKER), str(tmp_path),
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    worker = _worker()
+    processes = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert [len(steps) for steps in processes] == [worker.STEPS, worker.STEPS]
+
+    config = worker.sequence_config(tmp_path / "reference")
+    kind = build.data_kind(config)
+    objective = ContrastiveObjective(kind.create_encoder(), build.loss(config, kind.pretraining_dataset()))
+    for step, (first, second) in enumerate(zip(*processes, strict=True)):
+        assert len(first["views"]) == 3 and len(first["views"][0][1]) == worker.BATCH
+        objective.load_state_dict(first["state"])
+        objective.zero_grad()
+        # One process holding both batches: each half goes through the head's BatchNorm on its own, as on
+        # its process (without CUDA there is no SyncBatchNorm); the loss sees every client of both.
+        halves = [objective.embed([PaddedEvents(*view) for view in p["views"]]) for p in (first, second)]
+        embeddings = [torch.cat(pair) for pair in zip(*halves, strict=True)]
+        loss = objective.loss_of(embeddings)
+        loss.backward()
+        # Each process's loss is its share of the global mean; their gradients are all-reduced.
+        assert (first["loss"] + second["loss"]) / 2 == pytest.approx(loss.item(), rel=1e-5), step
+        for name, parameter in objective.named_parameters():
+            assert torch.equal(first["grads"][name], second["grads"][name]), name
+            torch.testing.assert_close(first["grads"][name], parameter.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # The second step's weights are the first step's update, the same on both processes (BatchNorm's
+    # running statistics are each process's own until DDP broadcasts rank 0's at the next forward).
+    for name, _ in objective.named_parameters():
+        assert torch.equal(processes[0][1]["state"][name], processes[1][1]["state"][name]), name
+
+
+def test_gradient_caching_on_sequence_batches_trains_like_the_plain_step(tmp_path):
+    steps = ("train.max_steps=4",)
+    plain = logged_losses(pretrain_tiny(tmp_path, config=_config(tmp_path, "plain", *steps)))
+    # One chunk of the 32 clients' 3 slices: the head's BatchNorm sees what the plain step's does (chunks
+    # of fewer rows are checked against the whole batch's gradients in the encoder tests).
+    cached = logged_losses(
+        pretrain_tiny(tmp_path, config=_config(tmp_path, "cached", *steps, "train.grad_cache_chunk=32"))
+    )
+    assert len(plain) == 4 and cached == pytest.approx(plain, rel=1e-5)
+    assert len(set(plain)) == 4  # the weights moved between steps
