@@ -129,6 +129,9 @@ def _evaluation_metrics(run: RunDirectory, evaluation: str) -> dict:
             "probe_top5": probe.get("top5"),
             "probe_auroc": probe.get("auroc"),
         }
+    if evaluation == "boosting":
+        boosting = json.loads(run.probe_result("boosting").read_text())
+        return {"boosting_top1": boosting.get("top1"), "boosting_auroc": boosting.get("auroc")}
     knn = json.loads(run.knn.read_text())
     return {"knn_top1": knn.get("top1")}
 

@@ -38,12 +38,14 @@ import yaml
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.config.parse import config_keys, parse_override, resolve_recipe
 
-EVALUATIONS = ("probe", "knn")
+EVALUATIONS = ("probe", "knn", "boosting")  # boosting: `ssl-toolkit probe --model boosting`
 METRICS = (
     "probe_top1",
     "probe_top5",
     "probe_auroc",
     "knn_top1",
+    "boosting_top1",
+    "boosting_auroc",
     "pretrain_seconds",
     "seconds_per_epoch",
     "views_per_s",
@@ -97,7 +99,7 @@ class Study:
     grid: dict[str, list[Any]] | list[dict[str, list[Any]]]
     seeds: list[int]
     overrides: list[str] = field(default_factory=list)
-    evaluate: list[str] = field(default_factory=lambda: list(EVALUATIONS))
+    evaluate: list[str] = field(default_factory=lambda: ["probe", "knn"])
     tables: list[dict] = field(default_factory=list)
     plots: list[dict] = field(default_factory=list)
     paired: list[dict] = field(default_factory=list)
@@ -307,7 +309,7 @@ def load_study(path: str | Path) -> Study:
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise _fail(source, "seeds must be a non-empty list of integers, e.g. [0, 1, 2]")
-    evaluate = raw.get("evaluate", list(EVALUATIONS))
+    evaluate = raw.get("evaluate", ["probe", "knn"])
     if not isinstance(evaluate, list) or any(name not in EVALUATIONS for name in evaluate):
         raise _fail(source, f"evaluate must be a list of: {', '.join(EVALUATIONS)}")
     accelerate_config = raw.get("accelerate_config")

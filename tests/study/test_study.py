@@ -236,3 +236,21 @@ def test_a_result_line_cut_short_by_a_kill_is_dropped_before_the_next_is_appende
     directory.drop_partial_line()
     directory.append_result({"cell": "a=2", "seed": 0, "status": "ok"})
     assert [r["cell"] for r in directory.read_results()] == ["a=1", "a=2"]
+
+
+@pytest.mark.slow
+def test_a_sequence_study_records_the_gradient_boosting_probe_beside_the_linear_one(tmp_path):
+    from pretraining_runs import SEQUENCE_RUN
+
+    overrides = [*SEQUENCE_RUN, "train.max_steps=3", "log.knn_every=0"]
+    study = _write_study(
+        tmp_path, {"loss.temperature": [0.2]}, seeds=[0], overrides=overrides, evaluate=("probe", "boosting")
+    )
+    output = tmp_path / "out"
+    assert cli_main(["study", str(study), "--output-dir", str(output)]) == 0
+    (result,) = _results(output)
+    assert result["status"] == "ok", result
+    (run_dir,) = (output / "runs").iterdir()
+    boosting = json.loads((run_dir / "probe_boosting.json").read_text())
+    assert (result["boosting_top1"], result["boosting_auroc"]) == (boosting["top1"], boosting["auroc"])
+    assert result["probe_top1"] == json.loads((run_dir / "probe.json").read_text())["top1"]
