@@ -68,12 +68,12 @@ class GRUBackbone(nn.Module):
         self.num_features = hidden_size
 
     def forward(self, batch: PaddedEvents) -> torch.Tensor:
-        steps = self.embedder(batch)
-        packed = nn.utils.rnn.pack_padded_sequence(
-            steps, batch.lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False
-        )
-        _, last = self.rnn(packed)
-        return last[-1]
+        # Over the padded batch, then each sequence's output at its last event: a forward GRU's output at
+        # step t depends on steps ≤ t only, so the padding after it changes nothing. On the CPU this is
+        # 2-3x faster per step than a packed sequence, whose backward runs step by step.
+        outputs, _ = self.rnn(self.embedder(batch))
+        last = (batch.lengths.clamp_min(1) - 1).to(outputs.device)
+        return outputs[torch.arange(len(last), device=outputs.device), last]
 
 
 class CNN1DBackbone(nn.Module):

@@ -104,3 +104,19 @@ def test_gradient_caching_over_chunks_of_padded_views_gives_the_whole_batchs_gra
     assert cached.item() == pytest.approx(plain.item(), rel=1e-6)
     for parameter, grad in zip(encoder.parameters(), expected, strict=True):
         torch.testing.assert_close(parameter.grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_the_grus_h_is_the_hidden_state_after_each_sequences_last_event():
+    encoder = _encoder("gru")
+    batch = pad_events([DATA[i][0] for i in range(8)])
+    assert len(set(batch.lengths.tolist())) > 1
+    with torch.no_grad():
+        h = encoder.backbone(batch)
+        # The same GRU run over each sequence alone, unpadded: its final hidden state.
+        backbone = encoder.backbone
+        alone = []
+        for i in range(8):
+            events = pad_events([DATA[i][0]])
+            _, last = backbone.rnn(backbone.embedder(events))
+            alone.append(last[-1, 0])
+    torch.testing.assert_close(h, torch.stack(alone), atol=1e-5, rtol=1e-5)
