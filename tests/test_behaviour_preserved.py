@@ -12,6 +12,7 @@ import pytest
 from pretraining_runs import QUICKSTART, records
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "quickstart_20_steps.jsonl"
+ROUNDING_STEPS = 5  # steps whose losses any CPU reproduces to rounding
 
 
 @pytest.mark.slow
@@ -29,6 +30,10 @@ def test_quickstart_reproduces_the_recorded_20_losses(tmp_path):
     recorded = [json.loads(line) for line in REFERENCE.read_text().splitlines()]
     produced = records(tmp_path / "quickstart")
     assert [r["step"] for r in produced] == list(range(1, 21))
+    # The reference was recorded on an AMD EPYC. Another CPU's kernels round differently (an Intel Xeon's from
+    # step 4 on, by 1e-7) and training amplifies that chaotically (5e-3 by step 20), so the first steps are
+    # held to rounding and the rest to what rounding alone cannot explain; the schedule is exact everywhere.
     for old, new in zip(recorded, produced, strict=True):
-        assert new["loss"] == pytest.approx(old["loss"], rel=1e-6), f"step {old['step']}"
+        rel = 1e-5 if old["step"] <= ROUNDING_STEPS else 2e-2
+        assert new["loss"] == pytest.approx(old["loss"], rel=rel), f"step {old['step']}"
         assert new["lr"] == pytest.approx(old["lr"], rel=1e-9), f"step {old['step']}"

@@ -4,6 +4,7 @@ batches, and per-client aggregate features as the raw baseline."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,18 +27,57 @@ EMBEDDING_DIM = 16  # per categorical field; model.backbone_args.embedding_dim c
 
 
 class ViewedSequences(Dataset):
-    """Items `(views, target)`: each client's events through `views`; `targets` and `num_classes` kept."""
+    """Items `(views, target)`: each client's events through `views`; `targets` and `num_classes` kept.
+
+    When the views are plain slices (no event dropout, no numeric noise), an item is only its client and
+    its slices' windows, drawn as `views` would draw them, and `collate` cuts every slice of the batch
+    from the clients' flat storage in one gather per field; otherwise items hold the views' events.
+    """
 
     def __init__(self, clients: EventSequences, views: Callable[[Events], list[Events]]):
         self.clients, self.views = clients, views
         self.targets, self.num_classes = clients.targets, clients.num_classes
+        self.windowed = isinstance(views, SliceViews) and views.plain
 
     def __len__(self) -> int:
         return len(self.clients)
 
-    def __getitem__(self, index: int) -> tuple[list[Events], int]:
+    def __getitem__(self, index: int) -> tuple[list[Events] | SliceWindows, int]:
+        if self.windowed:
+            length = int(self.clients.offsets[index + 1] - self.clients.offsets[index])
+            windows = torch.tensor(self.views.windows(length))  # (split_count, 2): start, stop
+            return SliceWindows(index, windows), int(self.targets[index])
         events, target = self.clients[index]
         return self.views(events), target
+
+    def collate(self, items: list) -> tuple[list[PaddedEvents], torch.Tensor]:
+        if not self.windowed:
+            return collate_views(items)
+        targets = torch.tensor([target for _, target in items])
+        batch, num_views = len(items), len(items[0][0].windows)
+        clients = torch.tensor([item.client for item, _ in items])
+        windows = torch.stack([item.windows for item, _ in items])  # (B, V, 2)
+        # View-major rows, as collate_views lays them out: view v of every client, then view v + 1.
+        windows = windows.transpose(0, 1).reshape(-1, 2)
+        starts = self.clients.offsets[clients].repeat(num_views) + windows[:, 0]
+        lengths = windows[:, 1] - windows[:, 0]
+        steps = torch.arange(int(lengths.max()))
+        present = steps[None, :] < lengths[:, None]
+        positions = torch.where(present, starts[:, None] + steps[None, :], 0)
+        fields = {
+            name: torch.where(present, column[positions], torch.zeros((), dtype=column.dtype))
+            for name, column in self.clients.values.items()
+        }
+        padded = PaddedEvents(fields, lengths)
+        return [padded[view * batch : (view + 1) * batch] for view in range(num_views)], targets
+
+
+@dataclass(frozen=True)
+class SliceWindows:
+    """A training item of plain slices: the client's index and its (split_count, 2) start / stop windows."""
+
+    client: int
+    windows: torch.Tensor
 
 
 class EvaluationSequences(Dataset):
@@ -142,7 +182,8 @@ class SequenceKind(DataKind):
             raise ConfigError(f"augment: {error}") from None
 
     def training_data(self, dataset: EventSequences, device: torch.device) -> TrainingData:
-        return TrainingData(ViewedSequences(dataset, self.slice_views()), collate=collate_views)
+        items = ViewedSequences(dataset, self.slice_views())
+        return TrainingData(items, collate=items.collate)
 
     # -- the encoder --------------------------------------------------------------------------------------
     def encoder_spec(self) -> SequenceEncoderSpec:

@@ -54,10 +54,19 @@ class SliceViews:
         if self.numeric_noise < 0:
             raise ValueError(f"numeric_noise must be ≥ 0, got {self.numeric_noise}")
 
+    @property
+    def plain(self) -> bool:
+        """Slices only: a view is its window of the client's events, nothing else drawn."""
+        return self.event_dropout == 0 and self.numeric_noise == 0
+
+    def windows(self, length: int) -> list[tuple[int, int]]:
+        """The (start, stop) windows of a client of `length` events, drawn as `__call__` draws them."""
+        return slice_bounds(length, self.split_count, self.cnt_min, self.cnt_max)
+
     def __call__(self, events: Events) -> list[Events]:
         length = len(next(iter(events.values())))
         views = []
-        for start, stop in slice_bounds(length, self.split_count, self.cnt_min, self.cnt_max):
+        for start, stop in self.windows(length):
             view = {name: values[start:stop] for name, values in events.items()}
             if self.event_dropout > 0 and stop - start > 1:
                 keep = torch.rand(stop - start) >= self.event_dropout

@@ -157,3 +157,34 @@ def test_padded_batches_concatenate_and_split_by_rows_as_the_engine_needs():
         assert (joined.fields["event_type"][row, len(events["amount"]) :] == 0).all()
     rows = joined[2:4]
     assert rows.shape[0] == 2 and rows.lengths.tolist() == data.lengths[2:4].tolist()
+
+
+def test_windowed_items_collate_to_the_same_batch_as_sliced_events():
+    from ssl_toolkit.kinds.sequence import ViewedSequences, collate_views
+
+    clients = synthetic_events(40, 2, min_length=5, max_length=60, seed=3)
+    views = SliceViews(split_count=4, cnt_min=10, cnt_max=30)  # some clients shorter than cnt_min
+    windowed = ViewedSequences(clients, views)
+    assert windowed.windowed
+    torch.manual_seed(7)
+    fast = windowed.collate([windowed[i] for i in range(len(clients))])
+    torch.manual_seed(7)  # the same draws, client by client, through the events path
+    slow = collate_views([(views(clients[i][0]), int(clients.targets[i])) for i in range(len(clients))])
+    assert torch.equal(fast[1], slow[1])
+    for a, b in zip(fast[0], slow[0], strict=True):
+        assert torch.equal(a.lengths, b.lengths) and a.shape == b.shape
+        for name in b.fields:
+            assert a.fields[name].dtype == b.fields[name].dtype
+            assert torch.equal(a.fields[name], b.fields[name]), name
+
+
+def test_views_with_dropout_or_noise_keep_their_events_in_the_items():
+    from ssl_toolkit.kinds.sequence import ViewedSequences
+
+    clients = synthetic_events(8, 2, seed=0)
+    noisy = ViewedSequences(clients, SliceViews(2, 5, 10, numeric=("amount",), numeric_noise=0.1))
+    assert not noisy.windowed
+    views, _ = noisy[0]
+    assert len(views) == 2 and isinstance(views[0], dict)
+    batch, _ = noisy.collate([noisy[i] for i in range(8)])
+    assert len(batch) == 2 and batch[0].shape[0] == 8
