@@ -27,8 +27,8 @@ that sees this project's packages (torch, lightning, scikit-learn) and adds ptls
   tools/.venv-ptls/bin/pip install --no-deps pytorch-lifestream==0.7.0 pandas pymonad pyarrow duckdb \\
       transformers regex tokenizers
 
-Run (about 15 min on 2 cores):
-  .venv/bin/python tools/peer_ptls.py --batch-sizes 64 128 256 512 1024
+Run (about 8 min on 2 cores, 2 epochs):
+  .venv/bin/python tools/peer_ptls.py --epochs 2 --batch-sizes 64 128 256 512 1024
 """
 
 from __future__ import annotations
