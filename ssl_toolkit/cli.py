@@ -38,6 +38,8 @@ PROBE_TITLES = {"linear": "linear probe", "boosting": "gradient-boosting probe"}
 
 
 def _print_probe(run_dir: str, result: dict) -> None:
+    from ssl_toolkit.run_dir import RunDirectory
+
     def line(label: str, report: dict, folds: dict | None) -> str:
         top5 = f"   top-5 {100 * report['top5']:.2f}%" if "top5" in report else ""
         text = f"  {label:<26}top-1 {100 * report['top1']:.2f}%{top5}   AUROC {report['auroc']:.4f}"
@@ -61,8 +63,7 @@ def _print_probe(run_dir: str, result: dict) -> None:
         report = {"top1": result[f"{baseline}_top1"], "auroc": result[f"{baseline}_auroc"]}
         label = labels.get(baseline, baseline.replace("_", " "))
         lines.append(line(label, report, result.get(f"{baseline}_cross_validation")))
-    name = "probe.json" if model == "linear" else f"probe_{model}.json"
-    lines.append(f"  written to {run_dir}/{name}")
+    lines.append(f"  written to {RunDirectory(run_dir).probe_result(model)}")
     print("\n".join(lines))
 
 

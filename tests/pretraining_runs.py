@@ -44,6 +44,16 @@ SEQUENCE_RUN = [
 ]
 
 
+def load_module(path: Path):
+    """The Python file `path` (a worker that a launcher runs) imported as a module of its own."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def reset_accelerate() -> None:
     """Accelerate keeps process-wide singletons; a new Accelerator in the same process needs them cleared."""
     from accelerate.state import AcceleratorState, GradientState

@@ -4,7 +4,6 @@ process each, meeting at 127.0.0.1 as two nodes would at the main node's address
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from pretraining_runs import QUICKSTART, TINY_RUN, records
+from pretraining_runs import QUICKSTART, TINY_RUN, load_module, records
 
 WORKER = Path(__file__).resolve().parent / "losses" / "cross_process_losses.py"
 LAUNCH_TIMEOUT_S = 240
@@ -87,17 +86,10 @@ def _assert_both_succeeded(outcomes: list[tuple[int | None, str, str]]) -> None:
         assert returncode == 0, f"machine {machine_rank}: {ending}\n{stdout[-2000:]}\n{stderr[-3000:]}"
 
 
-def _worker_module():
-    spec = importlib.util.spec_from_file_location("cross_process_losses", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_losses_over_two_machines_equal_one_process_on_the_concatenated_batch(tmp_path):
     _assert_both_succeeded(_launch_two_machines([str(WORKER), str(tmp_path)], tmp_path))
-    worker = _worker_module()
+    worker = load_module(WORKER)
     launched = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(worker.WORLD)]
     assert [process["placement"] for process in launched] == [
         {"node_rank": 0, "local_rank": 0},

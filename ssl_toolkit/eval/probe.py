@@ -85,9 +85,10 @@ def run_probe(
                 result[f"{baseline}_cross_validation"] = report["cross_validation"]
     result["unreadable_images"] = run.unreadable_images
     result["seconds"] = time.perf_counter() - started
-    write_json(run.directory.probe_result(model), result)
+    result_file = run.directory.probe_result(model)
+    write_json(result_file, result)
 
-    prefix = "probe" if model == "linear" else f"probe_{model}"
+    prefix = result_file.stem  # W&B keys: probe/top1, probe_boosting/top1
     summary_keys = (
         *SUMMARY_KEYS,
         *(f"{b}_{m}" for b in (RANDOM_INIT, run.baseline) for m in ("top1", "auroc")),

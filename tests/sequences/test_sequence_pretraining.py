@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pretraining_runs import SEQUENCE_RUN, logged_losses, pretrain_tiny, records
+from pretraining_runs import SEQUENCE_RUN, load_module, logged_losses, pretrain_tiny, records
 
 from ssl_toolkit import build
 from ssl_toolkit.cli import main
@@ -101,13 +100,6 @@ def test_sequence_settings_are_checked_before_training(tmp_path):
         )
 
 
-def _worker():
-    spec = importlib.util.spec_from_file_location("sequence_processes", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_two_processes_train_as_one_process_on_their_concatenated_sequence_batches(tmp_path):
     command = [
@@ -120,7 +112,7 @@ def test_two_processes_train_as_one_process_on_their_concatenated_sequence_batch
         command, capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    worker = _worker()
+    worker = load_module(WORKER)
     processes = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     assert [len(steps) for steps in processes] == [worker.STEPS, worker.STEPS]
 
