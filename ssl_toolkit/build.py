@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from ssl_toolkit import distributed
 from ssl_toolkit.config import Config, ConfigError
 from ssl_toolkit.eval.online import OnlineKNN
+from ssl_toolkit.eval.online_probe import OnlineLinearProbe
 from ssl_toolkit.kinds import DataKind, TrainingData, data_kind_class
 from ssl_toolkit.losses import create_loss, loss_class
 from ssl_toolkit.optim import LrSchedule, create_optimizer, scale_lr
@@ -140,10 +141,24 @@ def lr_schedule(config: Config, steps_per_epoch: int, peak_lr: float) -> LrSched
     return LrSchedule(peak_lr=peak_lr, warmup_steps=warmup_steps, total_steps=total_steps)
 
 
+def online_probe(
+    config: Config, dataset: Dataset, accelerator: Accelerator, feature_dim: int
+) -> OnlineLinearProbe | None:
+    """The online linear probe of `log.online_probe`, when the pretraining samples have labels."""
+    if not config.log.online_probe or not (torch.as_tensor(dataset.targets) >= 0).any():
+        return None
+    return OnlineLinearProbe(feature_dim, dataset.num_classes, accelerator, lr=config.log.online_probe_lr)
+
+
 def online_evaluation(
-    config: Config, kind: DataKind, accelerator: Accelerator, backbone: nn.Module
+    config: Config,
+    kind: DataKind,
+    accelerator: Accelerator,
+    backbone: nn.Module,
+    probe: OnlineLinearProbe | None = None,
 ) -> Callable[[], dict] | None:
-    """The periodic evaluation of `log.knn_every`: kNN top-1 of the backbone on the test split."""
+    """The periodic evaluation of `log.knn_every`: kNN top-1 of the backbone on the test split, and the
+    online probe's top-1 on the same test items."""
     if config.log.knn_every <= 0:
         return None
     try:
@@ -158,4 +173,5 @@ def online_evaluation(
         bank_size=KNN_BANK_SIZE,
         query_count=KNN_QUERIES,
         collate_fn=kind.evaluation_collate,
+        probe=probe,
     )

@@ -83,14 +83,24 @@ def _train(config: Config, run: RunDirectory, accelerator: Accelerator, signals:
             save_config(config, run.config)
     step_fn = train_step(accelerator, objective, config.train.grad_cache_chunk)
     guard = NonFiniteGuard(accelerator, run, config.train.max_bad_steps, objective)
-    evaluate = build.online_evaluation(config, kind, accelerator, encoder.backbone)
+    probe = build.online_probe(config, dataset, accelerator, encoder.feature_dim)
+    if probe is not None and progress.checkpoint is not None and not probe.restore(Path(progress.checkpoint)):
+        accelerator.print(f"{progress.checkpoint} holds no online probe; it starts again from zero weights")
+    evaluate = build.online_evaluation(config, kind, accelerator, encoder.backbone, probe)
     accelerator.print(
         f"pretraining {config.model.backbone} on {config.data.name}: {len(dataset)} samples, global batch "
         f"{config.train.batch_size * accelerator.num_processes} ({accelerator.num_processes} processes), "
         f"{schedule.total_steps} steps, peak lr {peak_lr:.4g}, run directory {run.path}"
     )
     log = RunLog(
-        accelerator, config, run, len(loader), schedule.total_steps, progress.step, kind.view_summary
+        accelerator,
+        config,
+        run,
+        len(loader),
+        schedule.total_steps,
+        progress.step,
+        kind.view_summary,
+        online_probe=probe,
     )
     objective.train()
     for inputs, targets in resumable_batches(accelerator, loader, items, progress, schedule.total_steps):
@@ -98,7 +108,7 @@ def _train(config: Config, run: RunDirectory, accelerator: Accelerator, signals:
         views = kind.prepare_batch(data.views(inputs))
         guard.remember_buffers()
         # forward and backward (plain or gradient-cached), then the batch's embeddings for the statistics
-        loss, embeddings = step_fn(views, targets if config.loss.supervised else None)
+        loss, embeddings, features = step_fn(views, targets if config.loss.supervised else None)
         # A non-finite loss on any process: drop the gradients (the same reduction shares stop signals).
         if not guard.allows(loss, progress, signals.requested):
             optimizer.zero_grad(set_to_none=True)
@@ -111,6 +121,8 @@ def _train(config: Config, run: RunDirectory, accelerator: Accelerator, signals:
             grad_norm = accelerator.clip_grad_norm_(objective.parameters(), bound)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # free the gradients' memory before logging
+        if probe is not None:  # on the detached features, after the encoder's step: it changes nothing there
+            probe.step(features, targets)
         progress.step = step
         log.after_step(
             step,
@@ -124,16 +136,16 @@ def _train(config: Config, run: RunDirectory, accelerator: Accelerator, signals:
             evaluate=evaluate,
         )
         if guard.stop_everywhere:
-            checkpoint = save_checkpoint(accelerator, run, progress, objective, config)
+            checkpoint = save_checkpoint(accelerator, run, progress, objective, config, probe)
             log.close()
             raise TrainingInterrupted(
                 f"stopped by a signal after step {step}; checkpoint {checkpoint} written: continue with "
                 "train.resume=auto"
             )
         if step % config.train.checkpoint_every == 0 and step < schedule.total_steps:
-            save_checkpoint(accelerator, run, progress, objective, config)
+            save_checkpoint(accelerator, run, progress, objective, config, probe)
 
-    save_checkpoint(accelerator, run, progress, objective, config)
+    save_checkpoint(accelerator, run, progress, objective, config, probe)
     if accelerator.is_main_process:
         with writing(run.encoder):
             kind.save_encoder(encoder, run.encoder, step=progress.step)

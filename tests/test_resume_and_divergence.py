@@ -60,8 +60,8 @@ def test_nan_losses_are_skipped_then_the_run_stops_with_the_last_checkpoint_inta
         if mode != "loss":
             return real_forward(self, views, class_labels, mode)
         calls.append(1)
-        loss, embeddings = real_forward(self, views, class_labels)
-        return (loss * float("nan") if len(calls) == 2 or len(calls) >= 4 else loss), embeddings
+        loss, embeddings, features = real_forward(self, views, class_labels)
+        return (loss * float("nan") if len(calls) == 2 or len(calls) >= 4 else loss), embeddings, features
 
     monkeypatch.setattr(ContrastiveObjective, "forward", nan_on_the_second_and_from_the_fourth_call)
     config = tiny_config(

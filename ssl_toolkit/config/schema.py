@@ -119,6 +119,10 @@ class LogSection:
     trackers: list[str] = field(default_factory=lambda: ["wandb"])
     every: int = 10
     knn_every: int = 0  # steps between online kNN evaluations on the test split (0 = never)
+    # A linear classifier on the detached h of each batch's labelled samples, scored with each evaluation
+    # (no effect on the encoder); off when the pretraining split has no labels.
+    online_probe: bool = True
+    online_probe_lr: float = 1.0e-3  # its AdamW learning rate
     group: str | None = None  # the W&B group of the run (a study sets it to the study's name)
 
 
@@ -261,6 +265,7 @@ RANGES: dict[str, Range] = {
     "train.collective_timeout_s": POSITIVE,
     "log.every": AT_LEAST_1,
     "log.knn_every": Range(low=0, note="0 turns the online kNN evaluation off"),
+    "log.online_probe_lr": Range(low=0, low_open=True),
 }
 
 # The valid values of the losses' numeric constructor arguments, by argument name; where one loss takes a

@@ -1,4 +1,5 @@
-"""Evaluation during pretraining: kNN top-1 of the current backbone on a held-out split."""
+"""Evaluation during pretraining: kNN top-1 of the current backbone on a held-out split, and the online
+linear probe's top-1 on the same features."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch.utils.data import Dataset, Subset
 
 from ssl_toolkit.eval.features import extract_features
 from ssl_toolkit.eval.knn import knn_top1
+from ssl_toolkit.eval.online_probe import OnlineLinearProbe
 
 
 def evenly_spaced_subset(dataset: Dataset, limit: int) -> Dataset:
@@ -20,17 +22,15 @@ def evenly_spaced_subset(dataset: Dataset, limit: int) -> Dataset:
     return Subset(dataset, torch.linspace(0, len(dataset) - 1, limit).long().tolist())
 
 
-def online_knn_top1(
+def embed_frozen(
     backbone: nn.Module,
-    bank: Dataset,
-    queries: Dataset,
-    num_classes: int,
+    datasets: list[Dataset],
     accelerator: Accelerator,
     *,
     batch_size: int = 256,
     collate_fn: Callable | None = None,
-) -> float:
-    """kNN top-1 of `queries` against `bank`, both embedded without augmentation by the frozen backbone.
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Features (N, F) and targets (N,) of each dataset, embedded without augmentation by the backbone.
 
     The backbone is put in eval mode for the measurement and back in its previous mode afterwards.
     """
@@ -38,15 +38,14 @@ def online_knn_top1(
     backbone.eval()
     try:
         options = {"batch_size": batch_size, "collate_fn": collate_fn}
-        bank_x, bank_y = extract_features(backbone, bank, accelerator, **options)
-        query_x, query_y = extract_features(backbone, queries, accelerator, **options)
+        return [extract_features(backbone, dataset, accelerator, **options) for dataset in datasets]
     finally:
         backbone.train(was_training)
-    return knn_top1(bank_x, bank_y, query_x, query_y, num_classes)
 
 
 class OnlineKNN:
-    """`{"knn_top1": ...}` of `backbone` on evenly spaced items of two evaluation datasets, when called.
+    """`{"knn_top1": ...}` of `backbone` on evenly spaced items of two evaluation datasets, when called,
+    with `online_probe_top1` (the online linear probe on the same query features) when there is a probe.
 
     Args:
         backbone: the backbone being trained (not a copy: it is measured as it is at each call).
@@ -54,6 +53,7 @@ class OnlineKNN:
         queries: the labelled items classified (at most `query_count` of them).
         accelerator: every process embeds its share.
         collate_fn: the data kind's batching of evaluation items.
+        probe: the online linear probe trained alongside, or None.
     """
 
     def __init__(
@@ -66,19 +66,19 @@ class OnlineKNN:
         bank_size: int,
         query_count: int,
         collate_fn: Callable | None = None,
+        probe: OnlineLinearProbe | None = None,
     ):
         self.backbone, self.accelerator, self.collate_fn = backbone, accelerator, collate_fn
         self.num_classes = bank.num_classes
         self.bank = evenly_spaced_subset(bank, bank_size)
         self.queries = evenly_spaced_subset(queries, query_count)
+        self.probe = probe
 
     def __call__(self) -> dict:
-        top1 = online_knn_top1(
-            self.backbone,
-            self.bank,
-            self.queries,
-            self.num_classes,
-            self.accelerator,
-            collate_fn=self.collate_fn,
+        (bank_x, bank_y), (query_x, query_y) = embed_frozen(
+            self.backbone, [self.bank, self.queries], self.accelerator, collate_fn=self.collate_fn
         )
-        return {"knn_top1": top1}
+        result = {"knn_top1": knn_top1(bank_x, bank_y, query_x, query_y, self.num_classes)}
+        if self.probe is not None:
+            result["online_probe_top1"] = self.probe.top1(query_x, query_y)
+        return result

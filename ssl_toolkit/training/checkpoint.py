@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from ssl_toolkit.config import Config, ConfigError
 from ssl_toolkit.config.parse import config_from_dict
+from ssl_toolkit.eval.online_probe import OnlineLinearProbe
 from ssl_toolkit.run_dir import RunDirectory, StorageFull, storage_full_error, writing
 from ssl_toolkit.training import resume_rules
 from ssl_toolkit.training.checkpoint_files import (
@@ -55,9 +56,11 @@ def save_checkpoint(
     progress: TrainingProgress,
     model: nn.Module,
     config: Config,
+    online_probe: OnlineLinearProbe | None = None,
 ) -> Path:
     """Save the state at `progress.step` into a temporary folder, renamed into place once complete and
-    described by progress.json; keeps the last `CHECKPOINTS_KEPT`.
+    described by progress.json; keeps the last `CHECKPOINTS_KEPT`. The online probe, if any, is saved
+    beside Accelerate's state (its copies are equal on every process; the main process writes it).
 
     A save killed halfway leaves a `.tmp` folder that resume ignores, and a full disk removes it: the
     previous checkpoint stays the latest usable one either way.
@@ -84,6 +87,8 @@ def save_checkpoint(
     failure = None
     try:
         accelerator.save_state(str(partial))
+        if online_probe is not None and accelerator.is_main_process:
+            online_probe.save(partial)
     except Exception as error:  # every process must hear of it, or the others would wait
         failure = error
     failed = accelerator.reduce(torch.tensor(float(failure is not None), device=accelerator.device), "sum")
@@ -207,6 +212,7 @@ def resume(accelerator: Accelerator, run: RunDirectory, config: Config) -> Train
         ) from None
     progress = TrainingProgress()
     progress.load_state_dict(description)
+    progress.checkpoint = checkpoint
     if accelerator.is_main_process:
         run.drop_metrics_after(progress.step)
         run.append_resume(

@@ -1,8 +1,9 @@
 """What one training step computes: the encoder and the loss as one module, and the step that runs it.
 
 A step is plain (one forward and backward over the batch) or gradient-cached (`train.grad_cache_chunk`:
-the whole batch's loss at the activation memory of one chunk); both return the loss and the batch's
-embeddings after the backward, for the logged batch statistics.
+the whole batch's loss at the activation memory of one chunk); both return the loss, the batch's
+embeddings z (for the logged batch statistics) and its features h (for the online probe), detached, after
+the backward.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from torch import nn
 from ssl_toolkit.grad_cache import cached_backward
 from ssl_toolkit.losses import loss_over_views
 
-# (views, class labels or None) → (loss, embeddings (B, D) of each view), the backward done.
-TrainStep = Callable[[list[torch.Tensor], torch.Tensor | None], tuple[torch.Tensor, list[torch.Tensor]]]
+# (views, class labels or None) → (loss, embeddings z (B, D) and features h (B, F) of each view), the
+# backward done.
+TrainStep = Callable[
+    [list[torch.Tensor], torch.Tensor | None], tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]
+]
 
 
 class ContrastiveObjective(nn.Module):
@@ -25,8 +29,9 @@ class ContrastiveObjective(nn.Module):
 
     Views are embedded in groups of equal shape (multi-crop has large and small ones); views of one shape
     share a forward pass, so BatchNorm sees all of them, as in SimCLR. `mode="embed"` returns the
-    embeddings instead of the loss: gradient caching embeds chunks through `forward`, so that DDP sees a
-    forward before each backward.
+    embeddings instead of the loss, and `mode="embed_with_features"` the embeddings z of each view followed
+    by its features h: gradient caching embeds chunks through `forward`, so that DDP sees a forward before
+    each backward.
     """
 
     def __init__(self, encoder: nn.Module, loss: nn.Module):
@@ -36,28 +41,39 @@ class ContrastiveObjective(nn.Module):
 
     def forward(
         self, views: list[torch.Tensor], class_labels: torch.Tensor | None = None, mode: str = "loss"
-    ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
-        """The loss of the views (B, ...) of B samples and their embeddings z (B, D), detached; with
-        `class_labels` (B,), samples of a class are positives. With `mode="embed"`, the embeddings only."""
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | list[torch.Tensor]:
+        """The loss of the views (B, ...) of B samples, their embeddings z (B, D) and features h (B, F),
+        both detached; with `class_labels` (B,), samples of a class are positives. With `mode="embed"`,
+        the embeddings only; with `mode="embed_with_features"`, the embeddings then the features."""
+        if mode not in ("loss", "embed", "embed_with_features"):
+            raise ValueError(f"mode must be 'loss', 'embed' or 'embed_with_features', got {mode!r}")
+        embeddings, features = self.embed_with_features(views)
         if mode == "embed":
-            return self.embed(views)
-        if mode != "loss":
-            raise ValueError(f"mode must be 'loss' or 'embed', got {mode!r}")
-        embeddings = self.embed(views)
-        return self.loss_of(embeddings, class_labels), [z.detach() for z in embeddings]
+            return embeddings
+        if mode == "embed_with_features":
+            return [*embeddings, *features]
+        loss = self.loss_of(embeddings, class_labels)
+        return loss, [z.detach() for z in embeddings], [h.detach() for h in features]
 
     def embed(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """Embeddings z (B, D) of each view (B, ...), one forward per group of equal-shape views."""
+        return self.embed_with_features(views)[0]
+
+    def embed_with_features(self, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Embeddings z (B, D) and features h (B, F) of each view (B, ...), one forward per group of
+        equal-shape views."""
         embeddings: list[torch.Tensor] = []
+        features: list[torch.Tensor] = []
         first = 0
         while first < len(views):
             last = first
             while last + 1 < len(views) and views[last + 1].shape == views[first].shape:
                 last += 1
-            _h, z = self.encoder(torch.cat(views[first : last + 1]))
+            h, z = self.encoder(torch.cat(views[first : last + 1]))
             embeddings += z.chunk(last + 1 - first)
+            features += h.chunk(last + 1 - first)
             first = last + 1
-        return embeddings
+        return embeddings, features
 
     def loss_of(
         self, embeddings: list[torch.Tensor], class_labels: torch.Tensor | None = None
@@ -71,9 +87,9 @@ def plain_step(accelerator: Accelerator, objective: nn.Module) -> TrainStep:
 
     def step(views: list[torch.Tensor], class_labels: torch.Tensor | None):
         with accelerator.autocast():
-            loss, embeddings = objective(views, class_labels)
+            loss, embeddings, features = objective(views, class_labels)
         accelerator.backward(loss)
-        return loss.detach(), embeddings
+        return loss.detach(), embeddings, features
 
     return step
 
@@ -83,13 +99,16 @@ def grad_cached_step(accelerator: Accelerator, objective: nn.Module, chunk_size:
     unwrapped = accelerator.unwrap_model(objective)
 
     def embed(chunk: list[torch.Tensor]) -> list[torch.Tensor]:
-        with accelerator.autocast():  # through the (DDP) wrapper: DDP needs a forward before each backward
-            return objective(chunk, mode="embed")
+        # Through the (DDP) wrapper: DDP needs a forward before each backward. The features ride along as
+        # outputs the loss does not use, so their cached gradient is None and nothing flows back from them.
+        with accelerator.autocast():
+            return objective(chunk, mode="embed_with_features")
 
     def step(views: list[torch.Tensor], class_labels: torch.Tensor | None):
-        return cached_backward(
+        count = len(views)
+        loss, outputs = cached_backward(
             embed,
-            lambda embeddings: unwrapped.loss_of(embeddings, class_labels),  # float32, no autocast
+            lambda outputs: unwrapped.loss_of(outputs[:count], class_labels),  # float32, no autocast
             views,
             chunk_size,
             loss_parameters=unwrapped.loss.parameters(),
@@ -97,6 +116,7 @@ def grad_cached_step(accelerator: Accelerator, objective: nn.Module, chunk_size:
             backward=accelerator.backward,
             no_sync=lambda: accelerator.no_sync(objective),
         )
+        return loss, outputs[:count], outputs[count:]
 
     return step
 

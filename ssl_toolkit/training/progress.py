@@ -9,6 +9,7 @@ class TrainingProgress:
     def __init__(self, step: int = 0, skipped_steps: int = 0) -> None:
         self.step = step
         self.skipped_steps = skipped_steps
+        self.checkpoint: str | None = None  # the checkpoint folder this session resumed from, if any
 
     def state_dict(self) -> dict:
         return {"step": self.step, "skipped_steps": self.skipped_steps}

@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ssl_toolkit.config import Config
+from ssl_toolkit.eval.online_probe import OnlineLinearProbe
 from ssl_toolkit.eval.representation_metrics import view_pair_metrics
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.tracking import init_trackers
@@ -33,6 +34,7 @@ class RunLog:
         total_steps: the run's last step.
         start_step: the step this session starts from (0, or the resumed checkpoint's).
         view_summary: a batch's views → an RGB uint8 image (3, H, W) for the dashboards, or None.
+        online_probe: the online linear probe, whose last training batch each record reports, or None.
     """
 
     def __init__(
@@ -44,8 +46,12 @@ class RunLog:
         total_steps: int,
         start_step: int,
         view_summary: Callable[[list[torch.Tensor]], torch.Tensor | None],
+        *,
+        online_probe: OnlineLinearProbe | None = None,
     ):
         self.accelerator, self.config, self.run = accelerator, config, run
+        self.online_probe = online_probe
+        self.last_evaluation: dict = {}  # the latest periodic evaluation's figures, for pretrain.json
         self.steps_per_epoch, self.total_steps, self.start_step = steps_per_epoch, total_steps, start_step
         self.view_summary = view_summary
         init_trackers(accelerator, config, run)
@@ -107,8 +113,11 @@ class RunLog:
             "unreadable_images": self.run.count_unreadable_inputs(),
             **view_pair_metrics(*embeddings[:2]),
         }
+        if self.online_probe is not None:
+            record.update(self.online_probe.metrics())
         if evaluation_due and evaluate is not None:
-            record.update(evaluate())
+            self.last_evaluation = {"evaluation_step": step, **evaluate()}
+            record.update(self.last_evaluation)
         self.samples_since_log, self.last_log, self.last_loss = 0, now, record["loss"]
         self.accelerator.log(record, step=step)
         if self.accelerator.is_main_process:
@@ -117,6 +126,8 @@ class RunLog:
             line = f"step {step}/{self.total_steps}  loss {record['loss']:.4f}  lr {lr:.4g}  "
             line += f"{record['samples_per_s']:.0f} samples/s"
             line += f"  kNN top-1 {record['knn_top1']:.4f}" if "knn_top1" in record else ""
+            if "online_probe_top1" in record:
+                line += f"  online probe top-1 {record['online_probe_top1']:.4f}"
             self.bar.write(line)
 
     def _log_views(self, views: list[torch.Tensor], step: int) -> None:
@@ -164,6 +175,7 @@ class RunLog:
             "views_per_s": self.samples * views_per_sample / max(seconds, 1e-9),
             "final_loss": self.last_loss,
             **self._peak_memory(),
+            **self.last_evaluation,  # kNN and online-probe top-1 of this session's last evaluation
         }
         if self.accelerator.is_main_process:
             self.run.write_summary(summary)

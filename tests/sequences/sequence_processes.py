@@ -44,11 +44,11 @@ def main(out_dir: Path, overrides: list[str]) -> None:
 
         def record(views, class_labels):
             before = {name: value.detach().clone() for name, value in unwrapped.state_dict().items()}
-            loss, embeddings = step(views, class_labels)
+            loss, embeddings, features = step(views, class_labels)
             grads = {name: p.grad.detach().clone() for name, p in unwrapped.named_parameters()}
             views_saved = [(dict(view.fields), view.lengths.clone()) for view in views]
             recorded.append({"views": views_saved, "loss": loss.item(), "state": before, "grads": grads})
-            return loss, embeddings
+            return loss, embeddings, features
 
         return record
 
