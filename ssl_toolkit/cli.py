@@ -1,4 +1,5 @@
-"""The `ssl-toolkit` command: `pretrain`, `probe`, `knn`, `evaluate` (both), `plot`, `study`, `recipes`.
+"""The `ssl-toolkit` command: `pretrain`, `probe`, `knn`, `evaluate` (both), `plot`, `export`, `study`,
+`recipes`.
 
 Evaluation commands also run under `accelerate launch -m ssl_toolkit.cli probe RUN_DIR`: every process
 embeds its share of the data and the main process reports. Each command imports what it needs when it
@@ -120,6 +121,18 @@ def _plot(args: argparse.Namespace) -> int:
     )
     if path is not None:
         print(f"t-SNE map written to {path}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ssl_toolkit.export import export_encoder, loading_code
+
+    path = export_encoder(args.run_dir, args.format, args.out, overwrite=args.overwrite)
+    library = {"timm": "plain timm", "hf": "timm", "onnx": "onnxruntime", "torchscript": "torch"}[args.format]
+    print(f"wrote the backbone of {args.run_dir} (h, no projection head) as {args.format} to {path}")
+    print(f"load it with {library}:\n  {loading_code(path, args.format)}")
+    if args.format == "hf":
+        print(f"publish it:\n  huggingface_hub.upload_folder(repo_id='USER/REPO', folder_path={str(path)!r})")
     return 0
 
 
@@ -264,6 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--max-points", type=int, default=10_000, help="test items mapped (default 10,000)")
     plot.add_argument("--perplexity", type=float, default=30.0)
     plot.set_defaults(handler=_plot)
+    export = commands.add_parser(
+        "export", help="write a run's backbone for timm, the Hub, ONNX or TorchScript"
+    )
+    export.add_argument("run_dir", help="run directory written by pretraining, e.g. runs/quickstart")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=["timm", "hf", "onnx", "torchscript"],
+        help="timm: one .safetensors file; hf: a Hugging Face folder; onnx; torchscript (see docs/export.md)",
+    )
+    export.add_argument("--out", required=True, type=Path, help="file to write (a folder for hf)")
+    export.add_argument("--overwrite", action="store_true", help="replace what is at --out already")
+    export.set_defaults(handler=_export)
     return parser
 
 
