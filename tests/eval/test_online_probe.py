@@ -75,7 +75,7 @@ def test_the_online_probe_learns_the_classes_from_the_training_batches(tmp_path)
     losses = [r["online_probe_loss"] for r in logged]
     assert losses[0] == pytest.approx(torch.log(torch.tensor(10.0)).item(), rel=1e-4)  # zero weights
     assert sum(losses[-5:]) / 5 < 0.9 * losses[0]
-    # Digits, 10 classes (chance 0.1), from a 60-step encoder of 8 px crops, scored on unaugmented test images.
+    # Digits, 10 classes (chance 0.1): a 60-step encoder of 8 px crops, scored on unaugmented test images.
     assert logged[-1]["online_probe_top1"] > 0.2
 
 
