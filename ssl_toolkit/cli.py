@@ -1,5 +1,5 @@
-"""The `ssl-toolkit` command: `pretrain`, `probe`, `knn`, `evaluate` (both), `plot`, `export`, `study`,
-`recipes`.
+"""The `ssl-toolkit` command: `pretrain`, `probe`, `knn`, `evaluate` (both), `finetune`, `plot`, `export`,
+`study`, `recipes`.
 
 Evaluation commands also run under `accelerate launch -m ssl_toolkit.cli probe RUN_DIR`: every process
 embeds its share of the data and the main process reports. Each command imports what it needs when it
@@ -18,24 +18,48 @@ from ssl_toolkit.config import ConfigError, packaged_recipes
 EXIT_INTERRUPTED = 4  # as pretraining's: stopped for a signal, resumable as it is
 
 
-def _probe(args: argparse.Namespace) -> int:
-    from ssl_toolkit.eval.probe import run_probe
+def _schedule(args: argparse.Namespace, epochs: int, lr: float):
+    """The SGD schedule the options give, with `epochs` and `lr` where they are not given."""
+    from ssl_toolkit.eval.supervised import SupervisedSchedule
 
+    given = {name: getattr(args, name) for name in (*SGD_OPTIONS, "weight_decay")}
+    given = {name: value for name, value in given.items() if value is not None}
+    return SupervisedSchedule(**{"epochs": epochs, "lr": lr, **given})
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from ssl_toolkit.config import ConfigError
+    from ssl_toolkit.eval.probe import SGD_PROBE_SCHEDULE, run_probe
+
+    sgd_options = [f"--{name.replace('_', '-')}" for name in SGD_OPTIONS if getattr(args, name) is not None]
+    if args.protocol != "sgd" and sgd_options:
+        raise ConfigError(f"{', '.join(sgd_options)}: options of --protocol sgd; add --protocol sgd")
+    options = {}
+    if args.protocol == "sgd":
+        options["schedule"] = _schedule(args, SGD_PROBE_SCHEDULE.epochs, SGD_PROBE_SCHEDULE.lr)
+    else:
+        options["weight_decay"] = args.weight_decay
     result = run_probe(
         args.run_dir,
         args.overrides,
         features=args.features,
         baselines=args.baselines,
-        weight_decay=args.weight_decay,
         model=args.model,
         folds=args.folds,
+        protocol=args.protocol,
+        **options,
     )
     if result is not None:  # the main process
         _print_probe(args.run_dir, result)
     return 0
 
 
-PROBE_TITLES = {"linear": "linear probe", "boosting": "gradient-boosting probe"}
+SGD_OPTIONS = ("epochs", "lr", "batch_size", "min_scale", "num_workers")  # and --weight-decay
+PROBE_TITLES = {
+    "lbfgs": "linear probe (L-BFGS, frozen features)",
+    "sgd": "linear probe (SGD on augmented images, frozen backbone)",
+    "boosting": "gradient-boosting probe",
+}
 
 
 def _print_probe(run_dir: str, result: dict) -> None:
@@ -51,10 +75,14 @@ def _print_probe(run_dir: str, result: dict) -> None:
             )
         return text
 
-    model = result.get("model", "linear")
-    title = PROBE_TITLES[model]
+    model, protocol = result.get("model", "linear"), result.get("protocol", "lbfgs")
+    title = PROBE_TITLES[protocol]
     lines = [f"{title} on {run_dir} ({result['features']} features, dim {result['feature_dim']}):"]
     lines.append(line("pretrained encoder", result, result.get("cross_validation")))
+    if "rankme" in result:
+        lines[-1] += f"   RankMe {result['rankme']:.1f}"
+    if protocol == "sgd":
+        lines[-1] += f"   ({result['schedule']['epochs']} epochs, {result['seconds']:.0f} s)"
     if "projection" in result:
         projection = result["projection"]
         label = f"projection z (dim {projection['feature_dim']})"
@@ -64,7 +92,7 @@ def _print_probe(run_dir: str, result: dict) -> None:
         report = {"top1": result[f"{baseline}_top1"], "auroc": result[f"{baseline}_auroc"]}
         label = labels.get(baseline, baseline.replace("_", " "))
         lines.append(line(label, report, result.get(f"{baseline}_cross_validation")))
-    lines.append(f"  written to {RunDirectory(run_dir).probe_result(model)}")
+    lines.append(f"  written to {RunDirectory(run_dir).probe_result(model, protocol)}")
     print("\n".join(lines))
 
 
@@ -110,18 +138,51 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from ssl_toolkit.eval.tsne import run_plot
+    from ssl_toolkit.eval.maps import METHOD_TITLES, run_plot
 
     path = run_plot(
         args.run_dir,
         args.overrides,
         features=args.features,
+        method=args.method,
         max_points=args.max_points,
         perplexity=args.perplexity,
+        neighbours=args.neighbours,
     )
     if path is not None:
-        print(f"t-SNE map written to {path}")
+        print(f"{METHOD_TITLES[args.method]} map written to {path}")
     return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from ssl_toolkit.eval.finetune import FINETUNE_LR, default_epochs, run_finetune
+
+    schedule = _schedule(args, default_epochs(args.label_fraction), FINETUNE_LR)
+    result = run_finetune(args.run_dir, args.overrides, label_fraction=args.label_fraction, schedule=schedule)
+    if result is not None:
+        from ssl_toolkit.run_dir import RunDirectory
+
+        print(
+            f"fine-tuned on {100 * args.label_fraction:g}% of the labels ({result['num_train']} images, "
+            f"{result['schedule']['epochs']} epochs, {result['seconds']:.0f} s) of {args.run_dir}: "
+            f"top-1 {100 * result['top1']:.2f}%   AUROC {result['auroc']:.4f}; "
+            f"written to {RunDirectory(args.run_dir).finetune}"
+        )
+    return 0
+
+
+def _add_sgd_options(parser: argparse.ArgumentParser, epochs: str, lr: str) -> None:
+    parser.add_argument(
+        "--epochs", type=int, help=f"passes over the labelled train images (default {epochs})"
+    )
+    parser.add_argument(
+        "--lr", type=float, help=f"learning rate at batch 256, scaled linearly (default {lr})"
+    )
+    parser.add_argument("--batch-size", type=int, help="images per step per process (default 256)")
+    parser.add_argument(
+        "--min-scale", type=float, help="smallest random-crop area, a fraction (default 0.08)"
+    )
+    parser.add_argument("--num-workers", type=int, help="DataLoader workers that crop (default 0)")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -246,9 +307,34 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--weight-decay",
         type=float,
-        help="fit at this weight decay (one fit) instead of picking it on a validation split (seven fits)",
+        help="lbfgs: fit at this weight decay (one fit) instead of picking it on a validation split (seven "
+        "fits); sgd: SGD's weight decay (default 0)",
     )
+    probe.add_argument(
+        "--protocol",
+        default="lbfgs",
+        choices=["lbfgs", "sgd"],
+        help="the linear probe's: lbfgs fits it on frozen features of plain images → probe.json (default); "
+        "sgd trains it by SGD with Nesterov momentum and a cosine lr on random crops and flips of the "
+        "train images over the frozen backbone → probe_sgd.json (the options below)",
+    )
+    _add_sgd_options(probe, "100", "0.1")
     probe.set_defaults(handler=_probe)
+    finetune = commands.add_parser(
+        "finetune",
+        help="fine-tune the backbone and a linear layer on a share of the labels → finetune.json",
+    )
+    finetune.add_argument("run_dir", help="run directory written by pretraining, e.g. runs/quickstart")
+    finetune.add_argument("overrides", nargs="*", help="section.key=value applied to the run's config")
+    finetune.add_argument(
+        "--label-fraction",
+        type=float,
+        required=True,
+        help="the seeded, class-stratified share of the labelled train images, e.g. 0.01, 0.1 or 1.0",
+    )
+    _add_sgd_options(finetune, "60 for 1%% of the labels, 30 for more", "0.05")
+    finetune.add_argument("--weight-decay", type=float, help="SGD's weight decay (default 0)")
+    finetune.set_defaults(handler=_finetune)
     knn = _evaluation_parser(
         commands, "knn", "weighted kNN on a run's frozen features → knn.json", ["backbone", "projection"]
     )
@@ -272,10 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weight-decay", type=float, help="the probe's weight decay, as probe's option")
     evaluate.set_defaults(handler=_evaluate)
     plot = _evaluation_parser(
-        commands, "plot", "t-SNE map of a run's test features → PNG", ["backbone", "projection"]
+        commands, "plot", "t-SNE or UMAP map of a run's test features → PNG", ["backbone", "projection"]
     )
+    plot.add_argument("--method", default="tsne", choices=["tsne", "umap"], help="the map (default tsne)")
     plot.add_argument("--max-points", type=int, default=10_000, help="test items mapped (default 10,000)")
-    plot.add_argument("--perplexity", type=float, default=30.0)
+    plot.add_argument("--perplexity", type=float, default=30.0, help="t-SNE's perplexity (30)")
+    plot.add_argument("--neighbours", type=int, default=15, help="UMAP's n_neighbors (15)")
     plot.set_defaults(handler=_plot)
     export = commands.add_parser(
         "export", help="write a run's backbone for timm, the Hub, ONNX or TorchScript"

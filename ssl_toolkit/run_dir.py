@@ -10,8 +10,10 @@ runs/NAME/
                            resumable (`.tmp_*` while being written)
   encoder.safetensors      backbone + head weights, the spec to rebuild them and their preprocessing
   features/                evaluation's feature cache
-  probe.json, knn.json     evaluation results (probe_boosting.json: the gradient-boosting probe)
-  tsne_<features>.png      evaluation's map
+  probe.json, knn.json     evaluation results (probe_sgd.json: the SGD linear probe on augmented images;
+                           probe_boosting.json: the gradient-boosting probe; rankme in probe.json)
+  finetune.json            fine-tuning results, one entry per label fraction
+  tsne_<features>.png      evaluation's maps (umap_<features>.png)
   unreadable_images.txt    input files the dataset could not read and skipped
   wandb/, ssl_toolkit/     the W&B and TensorBoard trackers' files
 """
@@ -142,9 +144,16 @@ class RunDirectory:
     def probe(self) -> Path:
         return self.path / "probe.json"
 
-    def probe_result(self, model: str) -> Path:
-        """probe.json for the linear probe, probe_<model>.json for another downstream model."""
-        return self.probe if model == "linear" else self.path / f"probe_{model}.json"
+    def probe_result(self, model: str, protocol: str = "lbfgs") -> Path:
+        """probe.json for the L-BFGS linear probe, probe_sgd.json for the SGD one on augmented images,
+        probe_<model>.json for another downstream model."""
+        if model == "linear":
+            return self.probe if protocol == "lbfgs" else self.path / f"probe_{protocol}.json"
+        return self.path / f"probe_{model}.json"
+
+    @property
+    def finetune(self) -> Path:
+        return self.path / "finetune.json"
 
     @property
     def knn(self) -> Path:
@@ -158,8 +167,9 @@ class RunDirectory:
     def wandb(self) -> Path:
         return self.path / "wandb"
 
-    def tsne(self, features: str) -> Path:
-        return self.path / f"tsne_{features}.png"
+    def feature_map(self, method: str, features: str) -> Path:
+        """The 2-D map (t-SNE or UMAP) of the test split's features."""
+        return self.path / f"{method}_{features}.png"
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"{CHECKPOINT_PREFIX}{step:08d}"

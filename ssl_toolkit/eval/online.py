@@ -13,6 +13,7 @@ from torch.utils.data import Dataset, Subset
 from ssl_toolkit.eval.features import extract_features
 from ssl_toolkit.eval.knn import knn_top1
 from ssl_toolkit.eval.online_probe import OnlineLinearProbe
+from ssl_toolkit.eval.rankme import rankme, rankme_warning
 
 
 def evenly_spaced_subset(dataset: Dataset, limit: int) -> Dataset:
@@ -44,8 +45,9 @@ def embed_frozen(
 
 
 class OnlineKNN:
-    """`{"knn_top1": ...}` of `backbone` on evenly spaced items of two evaluation datasets, when called,
-    with `online_probe_top1` (the online linear probe on the same query features) when there is a probe.
+    """`{"knn_top1": ..., "rankme": ...}` of `backbone` on evenly spaced items of two evaluation datasets,
+    when called (RankMe of the bank's features), with `online_probe_top1` (the online linear probe on the
+    same query features) when there is a probe.
 
     Args:
         backbone: the backbone being trained (not a copy: it is measured as it is at each call).
@@ -78,7 +80,13 @@ class OnlineKNN:
         (bank_x, bank_y), (query_x, query_y) = embed_frozen(
             self.backbone, [self.bank, self.queries], self.accelerator, collate_fn=self.collate_fn
         )
-        result = {"knn_top1": knn_top1(bank_x, bank_y, query_x, query_y, self.num_classes)}
+        result = {
+            "knn_top1": knn_top1(bank_x, bank_y, query_x, query_y, self.num_classes),
+            "rankme": rankme(bank_x),  # of the bank's h: collapse shows here before the loss says so
+        }
+        warning = rankme_warning(result["rankme"], bank_x.shape[1], len(bank_x))
+        if warning is not None:
+            self.accelerator.print(warning)
         if self.probe is not None:
             result["online_probe_top1"] = self.probe.top1(query_x, query_y)
         return result

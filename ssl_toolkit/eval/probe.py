@@ -1,5 +1,6 @@
 """`ssl-toolkit probe RUN_DIR`: a downstream classifier on a pretraining run's frozen encoder → probe.json
-(the linear probe) or probe_boosting.json (gradient boosting)."""
+(the linear probe fitted by L-BFGS on frozen features), probe_sgd.json (the linear probe trained by SGD on
+augmented images) or probe_boosting.json (gradient boosting)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,20 @@ import torch
 
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.eval.downstream import MODELS, check_folds, cross_validate, downstream_evaluator
+from ssl_toolkit.eval.rankme import rankme, rankme_warning
 from ssl_toolkit.eval.run import FEATURES, RANDOM_INIT, EvaluationRun, open_run
+from ssl_toolkit.eval.supervised import (
+    SupervisedSchedule,
+    check_images,
+    labelled_train_indices,
+    train_classifier,
+)
 from ssl_toolkit.run_dir import write_json
 
 FEATURE_CHOICES = (*FEATURES, "both")
-SUMMARY_KEYS = ("top1", "top5", "auroc", "features")
+PROTOCOLS = ("lbfgs", "sgd")  # the linear probe's: on frozen features, or trained on augmented images
+SUMMARY_KEYS = ("top1", "top5", "auroc", "features", "rankme")
+SGD_PROBE_SCHEDULE = SupervisedSchedule(epochs=100, lr=0.1)  # SimCLR's and solo-learn's linear evaluation
 
 
 def run_probe(
@@ -27,6 +37,8 @@ def run_probe(
     weight_decay: float | None = None,
     model: str = "linear",
     folds: int | None = None,
+    protocol: str = "lbfgs",
+    schedule: SupervisedSchedule = SGD_PROBE_SCHEDULE,
 ) -> dict | None:
     """Probe the run's frozen encoder on its dataset; writes the result file and returns its contents.
 
@@ -42,9 +54,19 @@ def run_probe(
     HistGradientBoosting, → probe_boosting.json). `folds` adds, beside the test-split figures, the mean ±
     std of top-1 and AUROC over that many stratified folds of the train split (under "cross_validation",
     and `<baseline>_cross_validation` for each baseline).
+
+    `protocol` (the linear probe's): "lbfgs" fits the probe on frozen features of unaugmented images
+    (SimCLR's transfer protocol); "sgd" trains it by SGD on random resized crops and flips of the training
+    images as `schedule` says, over the frozen backbone (SimCLR's and solo-learn's linear evaluation;
+    → probe_sgd.json). Every result names its protocol, and h's RankMe (effective rank, on the train
+    features) comes with the L-BFGS and boosting results.
     """
     if model not in MODELS:
         raise ConfigError(f"--model {model!r} is not one of: {', '.join(MODELS)}")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol {protocol!r} is not one of: {', '.join(PROTOCOLS)}")
+    if protocol == "sgd":
+        return _sgd_probe(run_dir, overrides, features, baselines, model, folds, batch_size, schedule)
     if weight_decay is not None and not weight_decay >= 0:
         raise ConfigError(f"--weight-decay {weight_decay} must be a number ≥ 0, e.g. 1e-4")
     if weight_decay is not None and model != "linear":
@@ -73,7 +95,18 @@ def run_probe(
         return report
 
     primary = kinds[0]
-    result = {**probe(primary), "model": model, "features": primary, "classes": run.classes}
+    result = {
+        **probe(primary),
+        "model": model,
+        "protocol": "lbfgs" if model == "linear" else model,
+        "features": primary,
+        "classes": run.classes,
+    }
+    if primary == "backbone":
+        result["rankme"] = rankme(extracted[primary][0][0])  # of the train features
+        warning = rankme_warning(result["rankme"], *extracted[primary][0][0].shape[::-1])
+        if warning is not None:
+            run.report(warning)
     if features == "both":
         result["projection"] = {**probe("projection"), "features": "projection"}
     if baselines:
@@ -100,4 +133,43 @@ def run_probe(
         if metric.endswith(("_mean", "_std")):
             summary[f"{prefix}/folds_{metric}"] = value
     run.publish(summary)
+    return result
+
+
+def _sgd_probe(
+    run_dir: str | Path | EvaluationRun,
+    overrides: list[str] | tuple[str, ...],
+    features: str,
+    baselines: bool,
+    model: str,
+    folds: int | None,
+    batch_size: int,
+    schedule: SupervisedSchedule,
+) -> dict | None:
+    """The linear probe trained by SGD on augmented training images over the frozen backbone."""
+    unsupported = {
+        "--features": (features, "backbone"),
+        "--model": (model, "linear"),
+        "--baselines": (baselines, False),
+        "--folds": (folds, None),
+    }
+    for option, (value, allowed) in unsupported.items():
+        if value != allowed:
+            raise ConfigError(
+                f"{option} {value} does not go with --protocol sgd (the linear probe on h, trained on "
+                "augmented images); leave it out, or use --protocol lbfgs"
+            )
+    schedule.check()
+    run = open_run(run_dir, overrides, batch_size=batch_size)
+    check_images(run, "--protocol sgd")
+    report = train_classifier(
+        run, labelled_train_indices(run), schedule, fine_tune=False, seed=run.config.seed
+    )
+    if report is None:
+        return None
+    result = {**report, "model": "linear", "protocol": "sgd", "features": "backbone", "classes": run.classes}
+    result_file = run.directory.probe_result("linear", "sgd")
+    write_json(result_file, result)
+    prefix = result_file.stem  # W&B keys: probe_sgd/top1
+    run.publish({f"{prefix}/{key}": result[key] for key in SUMMARY_KEYS if key in result})
     return result

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssl_toolkit.study.spec import METRICS
+from ssl_toolkit.study.spec import METRIC_PROTOCOLS, METRICS
 
 # The metrics a study run measures, in the order tables, CSV columns and summaries list them.
 STANDARD_METRICS = METRICS
@@ -660,6 +660,10 @@ def _tables_text(results: list[Mapping], spec: Mapping, paired: list[dict]) -> s
         parts += ["", "### Paired differences", ""]
         for entry in paired:
             parts.append(f"- {_paired_line(entry)}")
+    evaluations = [name for name in spec.get("evaluate") or [] if name in METRIC_PROTOCOLS]
+    if evaluations:
+        parts += ["", "### Protocols", ""]
+        parts += [f"- `{name}_*`: {METRIC_PROTOCOLS[name]}" for name in evaluations]
     return "\n".join(parts) + "\n"
 
 

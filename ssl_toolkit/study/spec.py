@@ -52,6 +52,13 @@ METRICS = (
     "peak_memory_mb",
     "final_loss",
 )
+# The protocol behind each evaluation metric, named under every study's tables.
+METRIC_PROTOCOLS = {
+    "probe": "linear probe fitted by L-BFGS on frozen h of unaugmented train images (`ssl-toolkit probe`, "
+    "protocol lbfgs), scored on the test split",
+    "knn": "weighted kNN (k = 200, T = 0.07) of frozen h, test against train (`ssl-toolkit knn`)",
+    "boosting": "scikit-learn's HistGradientBoosting on frozen h (`ssl-toolkit probe --model boosting`)",
+}
 STUDY_KEYS = {
     "recipe": "the base recipe, a path or a packaged recipe's name",
     "overrides": "section.key=value for every run",

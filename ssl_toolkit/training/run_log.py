@@ -128,6 +128,8 @@ class RunLog:
             line += f"  kNN top-1 {record['knn_top1']:.4f}" if "knn_top1" in record else ""
             if "online_probe_top1" in record:
                 line += f"  online probe top-1 {record['online_probe_top1']:.4f}"
+            if "rankme" in record:
+                line += f"  RankMe {record['rankme']:.1f}"
             self.bar.write(line)
 
     def _log_views(self, views: list[torch.Tensor], step: int) -> None:

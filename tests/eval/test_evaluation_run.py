@@ -144,8 +144,8 @@ def test_results_and_plot_reach_the_runs_wandb_summary(tmp_path):
     from pretraining_runs import pretrain_tiny
 
     from ssl_toolkit.eval.knn_report import run_knn
+    from ssl_toolkit.eval.maps import run_plot
     from ssl_toolkit.eval.probe import run_probe
-    from ssl_toolkit.eval.tsne import run_plot
 
     run_dir = pretrain_tiny(tmp_path, "wandb", "log.trackers=[wandb]")
     (run_id,) = wandb_offline.run_ids(run_dir)

@@ -266,6 +266,7 @@ def test_write_reports_writes_every_file_and_strict_json(tmp_path):
             {"metric": "probe_top1", "x": "loss.name", "group": None},
         ],
         "paired": [{"metric": "probe_top1", "axis": "loss.name", "a": "coles", "b": "supcon"}],
+        "evaluate": ["probe", "knn"],
     }
     paths = write_reports(tmp_path / "report", spec, results)
     names = [path.name for path in paths]
@@ -293,3 +294,5 @@ def test_write_reports_writes_every_file_and_strict_json(tmp_path):
     assert "### probe_top1" in tables and "### pretrain_seconds" in tables
     assert "(1 diverged)" in tables
     assert "t-interval" in tables
+    protocols = tables[tables.index("### Protocols") :]  # each number says which protocol produced it
+    assert "`probe_*`: linear probe fitted by L-BFGS" in protocols and "`knn_*`: weighted kNN" in protocols

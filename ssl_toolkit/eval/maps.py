@@ -1,4 +1,5 @@
-"""`ssl-toolkit plot RUN_DIR`: a t-SNE map of a run's frozen test features, coloured by class → PNG."""
+"""`ssl-toolkit plot RUN_DIR --method tsne | umap`: a 2-D map of a run's frozen test features, coloured by
+class → PNG."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import torch
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.eval.run import FEATURES, EvaluationRun
 
-PCA_DIMS = 50  # t-SNE on the top principal components: as good a map, far quicker on 2048-D features
+PCA_DIMS = 50  # maps of the top principal components: as good, far quicker on 2048-D features
+METHODS = ("tsne", "umap")
+METHOD_TITLES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 
 def stratified_subset(targets: torch.Tensor, limit: int, seed: int = 0) -> torch.Tensor:
@@ -23,15 +26,36 @@ def stratified_subset(targets: torch.Tensor, limit: int, seed: int = 0) -> torch
     return by_class[torch.linspace(0, len(targets) - 1, limit).round().long()].sort().values
 
 
-def tsne_map(features: torch.Tensor, *, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
-    """2-D t-SNE coordinates (N, 2) of features (N, D), after standardisation and PCA to ≤ 50 dimensions."""
+def _standardised_components(features: torch.Tensor, seed: int) -> np.ndarray:
+    """Features (N, D) standardised, then their top `PCA_DIMS` principal components when D is larger."""
     from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
 
     x = features.double().numpy()
     x = (x - x.mean(0)) / x.std(0).clip(min=1e-6)
     if x.shape[1] > PCA_DIMS:
         x = PCA(PCA_DIMS, random_state=seed).fit_transform(x)
+    return x
+
+
+def umap_map(features: torch.Tensor, *, neighbours: int = 15, seed: int = 0) -> np.ndarray:
+    """2-D UMAP coordinates (N, 2) of features (N, D), after standardisation and PCA to ≤ 50 dimensions
+    (umap-learn; `pip install 'ssl-toolkit[umap]'`)."""
+    try:
+        import umap
+    except ImportError:
+        raise ConfigError(
+            "--method umap needs umap-learn: pip install 'ssl-toolkit[umap]' (or umap-learn)"
+        ) from None
+    x = _standardised_components(features, seed)
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(neighbours, len(x) - 1), random_state=seed)
+    return reducer.fit_transform(x)
+
+
+def tsne_map(features: torch.Tensor, *, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE coordinates (N, 2) of features (N, D), after standardisation and PCA to ≤ 50 dimensions."""
+    from sklearn.manifold import TSNE
+
+    x = _standardised_components(features, seed)
     perplexity = min(perplexity, (len(x) - 1) / 3)  # scikit-learn needs perplexity < N
     tsne = TSNE(2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
     return tsne.fit_transform(x)
@@ -65,14 +89,19 @@ def run_plot(
     overrides: list[str] | tuple[str, ...] = (),
     *,
     features: str = "backbone",
+    method: str = "tsne",
     max_points: int = 10_000,
     perplexity: float = 30.0,
+    neighbours: int = 15,
     batch_size: int = 256,
 ) -> Path | None:
-    """t-SNE of the test split's frozen features → `RUN_DIR/tsne_<features>.png` (and W&B); returns its path.
+    """A t-SNE or UMAP map of the test split's frozen features → `RUN_DIR/<method>_<features>.png` (and
+    W&B); returns its path. `perplexity` is t-SNE's, `neighbours` UMAP's.
 
     Under `accelerate launch` the main process draws and returns the path; the others return None.
     """
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r} is not one of: {', '.join(METHODS)}")
     if features not in FEATURES:
         raise ConfigError(f"--features {features!r} is not one of: {', '.join(FEATURES)}")
     if max_points < 2:
@@ -83,14 +112,19 @@ def run_plot(
     if not run.is_main_process:
         return None
     chosen = stratified_subset(test_y, max_points, seed=run.config.seed)
-    points = tsne_map(test_x[chosen], perplexity=perplexity, seed=run.config.seed)
+    if method == "umap":
+        points = umap_map(test_x[chosen], neighbours=neighbours, seed=run.config.seed)
+    else:
+        points = tsne_map(test_x[chosen], perplexity=perplexity, seed=run.config.seed)
     feature_name = "h (backbone)" if features == "backbone" else "z (projection)"
     title = (
-        f"{run.config.run.name}: t-SNE of {len(chosen):,} test {feature_name} features "
+        f"{run.config.run.name}: {METHOD_TITLES[method]} of {len(chosen):,} test {feature_name} features "
         f"({test_x.shape[1]}-D), {run.config.data.name}"
     )
-    path = draw_map(points, test_y[chosen].numpy(), run.classes, title, run.directory.tsne(features))
+    path = run.directory.feature_map(method, features)
+    draw_map(points, test_y[chosen].numpy(), run.classes, title, path)
     run.publish(
-        {f"tsne/{features}_seconds": time.perf_counter() - started}, images={f"tsne/{features}": path}
+        {f"{method}/{features}_seconds": time.perf_counter() - started},
+        images={f"{method}/{features}": path},
     )
     return path

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from ssl_toolkit.cli import main as cli_main
-from ssl_toolkit.eval.tsne import stratified_subset, tsne_map
+from ssl_toolkit.eval.maps import stratified_subset, tsne_map
 
 
 def test_stratified_subset_keeps_class_proportions():
