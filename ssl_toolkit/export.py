@@ -28,6 +28,7 @@ temporary name beside `out` and renamed, so a failure leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import shutil
 import warnings
@@ -335,8 +336,12 @@ def _write_torchscript(trained: TrainedEncoder, path: Path) -> None:
     with _exporting(trained, "torchscript"), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # torch marks TorchScript deprecated; it still loads
         traced = torch.jit.trace(_eval_copy(trained), _check_batch(trained, 2))
-        torch.jit.save(traced, str(path))
-        loaded = torch.jit.load(str(path))
+        # Through memory: torch names the archive inside after the file, and refuses the temporary name's
+        # bare stem when `out` has no extension.
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        path.write_bytes(buffer.getvalue())
+        loaded = torch.jit.load(io.BytesIO(path.read_bytes()))
     _check_features(trained, loaded.eval(), "torchscript")
 
 

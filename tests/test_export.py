@@ -234,6 +234,9 @@ def test_small_convnet_goes_to_the_graph_formats_only(convnet_run, tmp_path):
     expected = expected_features(convnet_run, images)
     traced = torch.jit.load(str(export_encoder(convnet_run, "torchscript", tmp_path / "convnet.pt")))
     torch.testing.assert_close(traced(images), expected, rtol=0, atol=ATOL)
+    # An --out without an extension (torch names the archive inside after the file)
+    traced = torch.jit.load(str(export_encoder(convnet_run, "torchscript", tmp_path / "convnet")))
+    torch.testing.assert_close(traced(images), expected, rtol=0, atol=ATOL)
 
     import onnxruntime
 
