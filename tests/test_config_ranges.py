@@ -60,6 +60,7 @@ BAD_VALUES = [
     ("train.collective_timeout_s", "0", "ntxent", "more than 0"),
     ("log.every", "0", "ntxent", "at least 1"),
     ("log.knn_every", "-1", "ntxent", "0 or more"),
+    ("log.online_probe_lr", "0", "ntxent", "more than 0"),
     ("loss.temperature", "0", "ntxent", "more than 0"),
     ("loss.temperature", ".inf", "supcon", "not finite"),
     ("loss.temperature", "-1", "coles", "more than 0"),

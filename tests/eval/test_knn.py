@@ -90,7 +90,7 @@ def test_evaluate_runs_probe_and_knn_on_features_embedded_once(tiny_run, capsys,
     )
     assert cli_main(["evaluate", str(tiny_run), "--weight-decay", "1e-4"]) == 0
     printed = capsys.readouterr().out
-    assert "linear probe on" in printed and "kNN on" in printed
+    assert "linear probe (L-BFGS, frozen features) on" in printed and "kNN on" in printed
     assert len(embedded) == 2  # train and test, once each for both evaluations
     run = RunDirectory(tiny_run)
     probe, knn = json.loads(run.probe.read_text()), json.loads(run.knn.read_text())
