@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-fast clean data
+.PHONY: demo test test-fast clean data gpu-check gpu-check-dry-run
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,20 @@ test: $(STAMP) data
 test-fast: $(STAMP) data
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Every GPU figure in one run (about 8 minutes on one H100/H200): a table on stdout, gpu_check.json and
+# gpu_check.md in a new folder under gpu_check/, and the table in BENCHMARKS.md's GPU section. On a machine whose
+# Python already holds the dependencies: make gpu-check GPU_CHECK_PYTHON=python3
+GPU_CHECK_OUT ?= gpu_check/$(shell date -u +%Y%m%d-%H%M%S)
+GPU_CHECK_ARGS ?= --benchmarks BENCHMARKS.md
+GPU_CHECK_PYTHON ?=
+gpu-check: $(if $(GPU_CHECK_PYTHON),,$(STAMP))
+	PYTHONPATH=. $(or $(GPU_CHECK_PYTHON),$(BIN)/python) tools/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+# The same sections on the CPU at tiny sizes (under 2 minutes): what CI runs before a GPU is lent.
+gpu-check-dry-run: $(STAMP) data
+	rm -rf runs/gpu_check_dry_run
+	$(BIN)/python tools/gpu_check.py --dry-run --out runs/gpu_check_dry_run
 
 clean:
 	rm -rf $(VENV) runs
