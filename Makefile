@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-fast clean data gpu-check gpu-check-dry-run
+.PHONY: demo test test-fast clean data gpu-check gpu-check-dry-run gpu-bundle
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,14 +36,23 @@ test-fast: $(STAMP) data
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Every GPU figure in one run (about 8 minutes on one H100/H200): a table on stdout, gpu_check.json and
+# Every GPU figure in one run (at most 8 minutes on one H100/H200): a table on stdout, gpu_check.json and
 # gpu_check.md in a new folder under gpu_check/, and the table in BENCHMARKS.md's GPU section. On a machine whose
-# Python already holds the dependencies: make gpu-check GPU_CHECK_PYTHON=python3
+# Python already holds PyTorch with CUDA: make gpu-check GPU_CHECK_PYTHON=python3
+# On one without internet, add GPU_BUNDLE=gpu_bundle, the folder `make gpu-bundle` made where there is internet.
 GPU_CHECK_OUT ?= gpu_check/$(shell date -u +%Y%m%d-%H%M%S)
 GPU_CHECK_ARGS ?= --benchmarks BENCHMARKS.md
 GPU_CHECK_PYTHON ?=
+GPU_BUNDLE ?=
 gpu-check: $(if $(GPU_CHECK_PYTHON),,$(STAMP))
-	PYTHONPATH=. $(or $(GPU_CHECK_PYTHON),$(BIN)/python) tools/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+	PYTHONPATH=. $(or $(GPU_CHECK_PYTHON),$(BIN)/python) tools/gpu_check.py --out $(GPU_CHECK_OUT) \
+		$(if $(GPU_BUNDLE),--bundle $(GPU_BUNDLE)) $(GPU_CHECK_ARGS)
+
+# What the check needs beside a CUDA PyTorch image, for a GPU machine without internet: kornia, kornia-rs and
+# lightly wheels for its Python (GPU_PYTHON_VERSION, e.g. 3.12; default this one's) and Fashion-MNIST.
+GPU_PYTHON_VERSION ?=
+gpu-bundle: $(STAMP) data
+	$(BIN)/python tools/gpu_bundle.py --out gpu_bundle $(if $(GPU_PYTHON_VERSION),--python-version $(GPU_PYTHON_VERSION))
 
 # The same sections on the CPU at tiny sizes (under 2 minutes): what CI runs before a GPU is lent.
 gpu-check-dry-run: $(STAMP) data

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,7 @@ def test_the_dry_run_runs_every_section_on_the_cpu_and_writes_its_table(tmp_path
     assert markdown.strip() in done.stdout
     for name in gpu_check.SECTIONS:
         assert f"| {name} | section time |" in markdown
+    assert "| whole check | 6 of 6 sections |" in markdown
 
 
 def _arguments(tmp_path: Path, **changes) -> argparse.Namespace:
@@ -204,3 +207,195 @@ def test_filling_a_file_without_the_markers_leaves_it_untouched(tmp_path):
     with pytest.raises(ValueError, match="has no"):
         gpu_check.fill_benchmarks(benchmarks, "table")
     assert benchmarks.read_text() == "no markers"
+
+
+def test_a_section_gets_its_own_limit_or_what_the_budget_leaves_after_the_later_sections_reserves():
+    scale = gpu_check.GPU_SCALE
+    # Every section keeps its reserve when the ones before it keep to theirs, and no reserve is above
+    # the section's own limit.
+    assert sum(scale.reserves.values()) <= scale.budget
+    assert all(scale.reserves[s] <= scale.timeouts[s] for s in gpu_check.SECTIONS)
+    assert gpu_check.section_time("losses", ["augmentation"], scale, 480) == (150, "the section's limit")
+    later = ["grad_cache", "pretraining"]
+    assert gpu_check.section_time("training_step", later, scale, 400) == (190, gpu_check.BUDGET_BOUND)
+    assert gpu_check.section_time("training_step", later, scale, 100) == (0.0, gpu_check.BUDGET_BOUND)
+    assert gpu_check.section_time("pretraining", [], scale, 1e6) == (300, "the section's limit")
+
+
+def test_sections_past_the_time_budget_are_not_run_and_the_check_says_so(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = gpu_check.main(
+        ["--dry-run", "--out", str(out), "--sections", "environment", "losses", "--time-budget", "1"]
+    )
+    assert code == 1
+    summary = json.loads((out / "gpu_check.json").read_text())
+    assert summary["failed"] == ["environment", "losses"] and summary["time_budget"] == 1
+    for section in summary["sections"]:
+        assert section["status"] == "out of time"
+        assert section["reason"] == "1 s budget spent before it (--time-budget to widen)"
+    markdown = (out / "gpu_check.md").read_text()
+    assert "| whole check | 2 of 2 sections |" in markdown and "| ≤ 0.0166667 min |" in markdown
+    assert "losses: out of time" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("budget", ["0", "-5", "nan"])
+def test_a_time_budget_that_is_not_a_positive_number_of_seconds_is_refused(tmp_path, capsys, budget):
+    assert gpu_check.main(["--dry-run", "--out", str(tmp_path / "o"), "--time-budget", budget]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"gpu_check: --time-budget {float(budget):g}: must be a number of seconds > 0, e.g. 480"
+    )
+
+
+STOPPED_SECTION = """
+import os, sys, time
+sys.path.insert(0, {tools!r})
+import gpu_check
+
+def stops_part_way(report, scale, args):
+    report.details["first"] = 1.0
+    report.add("measured before the stop", "1 ms")
+    {stop}
+
+gpu_check.SECTION_FUNCTIONS["environment"] = stops_part_way
+sys.exit(gpu_check.main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("stop", "reason"),
+    [
+        ("time.sleep(60)", "timed out after 3 s (the section's limit; see gpu_check.log)"),
+        ("os._exit(3)", "its process exited 3 part-way (see gpu_check.log)"),
+    ],
+)
+def test_a_section_stopped_part_way_keeps_the_figures_it_measured(tmp_path, monkeypatch, stop, reason):
+    runner = tmp_path / "stopped_section.py"
+    runner.write_text(STOPPED_SECTION.format(tools=str(TOOLS), stop=stop))
+    monkeypatch.setattr(gpu_check, "SECTION_RUNNER", runner)
+    timeouts = {**gpu_check.DRY_SCALE.timeouts, "environment": 3}
+    monkeypatch.setattr(
+        gpu_check, "DRY_SCALE", gpu_check.dataclasses.replace(gpu_check.DRY_SCALE, timeouts=timeouts)
+    )
+    out = tmp_path / "out"
+    assert gpu_check.main(["--dry-run", "--out", str(out), "--sections", "environment"]) == 1
+    (section,) = json.loads((out / "gpu_check.json").read_text())["sections"]
+    assert section["status"] == "failed"
+    assert section["reason"] == f"{reason}; its 1 figures before it kept"
+    assert [f["case"] for f in section["figures"]] == ["measured before the stop"]
+    assert section["details"] == {"first": 1.0}
+    assert "| environment | measured before the stop | 1 ms |" in (out / "gpu_check.md").read_text()
+
+
+def _wheel(folder: Path, name: str = "bundled_probe", version: str = "1.2.3") -> Path:
+    """A pure-Python wheel made by hand: the package `name` with its dist-info."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+        archive.writestr(f"{info}/RECORD", "".join(f"{m},,\n" for m in [*files, f"{info}/RECORD"]))
+    return path
+
+
+def test_a_bundle_made_elsewhere_is_installed_for_the_sections_with_its_data(tmp_path, monkeypatch):
+    """gpu_bundle.py fills the folder (pip's download replaced by a wheel made here); gpu_check.py
+    --bundle installs it with no index, and the sections import it from there and read its data."""
+    import gpu_bundle
+
+    data = tmp_path / "debian_fashion_mnist"
+    data.mkdir()
+    for name in gpu_bundle.FASHION_MNIST_FILES:
+        (data / name).write_bytes(b"idx")
+    downloads = []
+
+    def download(requirements, wheels, python_version, platforms):
+        downloads.append((requirements, python_version))
+        _wheel(wheels)
+
+    monkeypatch.setattr(gpu_bundle, "download_wheels", download)
+    bundle = tmp_path / "bundle"
+    assert (
+        gpu_bundle.main(["--out", str(bundle), "--python-version", "3.12", "--fashion-mnist", str(data)]) == 0
+    )
+    kornia = importlib.metadata.version("kornia")
+    assert downloads == [
+        (
+            [
+                f"kornia=={kornia}",
+                f"kornia-rs=={importlib.metadata.version('kornia-rs')}",
+                f"lightly=={importlib.metadata.version('lightly')}",
+            ],
+            "3.12",
+        )
+    ]
+    contents = json.loads((bundle / "bundle.json").read_text())
+    assert (
+        contents["wheels"] == ["bundled_probe-1.2.3-py3-none-any.whl"]
+        and contents["python_version"] == "3.12"
+    )
+    assert sorted(p.name for p in (bundle / "fashion-mnist").iterdir()) == sorted(
+        gpu_bundle.FASHION_MNIST_FILES
+    )
+
+    out = tmp_path / "check"
+    assert (
+        gpu_check.main(["--dry-run", "--out", str(out), "--bundle", str(bundle), "--sections", "environment"])
+        == 0
+    )
+    (environment,) = json.loads((out / "gpu_check.json").read_text())["sections"]
+    assert environment["details"]["bundle"] == {
+        "site": str((bundle / "site").resolve()),
+        "packages": {"bundled-probe": "1.2.3"},
+    }
+    assert environment["details"]["fashion_mnist"] == {
+        "path": str((bundle / "fashion-mnist").resolve()),
+        "found": True,
+    }
+    assert (bundle / "site" / "bundled_probe" / "__init__.py").is_file()
+
+
+def test_a_bundle_without_wheels_or_with_a_broken_one_is_one_line_and_exit_2(tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    assert gpu_check.main(["--dry-run", "--out", str(tmp_path / "o"), "--bundle", str(bundle)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"gpu_check: --bundle {bundle}: no {bundle / 'wheels'}/*.whl; make it with")
+    (bundle / "wheels").mkdir()
+    (bundle / "wheels" / "broken-1.0-py3-none-any.whl").write_bytes(b"not a zip file")
+    assert gpu_check.main(["--dry-run", "--out", str(tmp_path / "o"), "--bundle", str(bundle)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(
+        f"gpu_check: --bundle {bundle}: pip could not install its wheels into {bundle / 'site'}"
+    )
+    assert "\n" not in error and not (tmp_path / "o").exists()
+
+
+def test_the_bundle_refuses_a_data_folder_without_fashion_mnist_before_downloading(
+    tmp_path, monkeypatch, capsys
+):
+    import gpu_bundle
+
+    def no_download(*args):
+        raise AssertionError("downloaded before the data was checked")
+
+    monkeypatch.setattr(gpu_bundle, "download_wheels", no_download)
+    assert gpu_bundle.main(["--out", str(tmp_path / "b"), "--fashion-mnist", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"gpu_bundle: {tmp_path} lacks train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz: apt-get install dataset-fashion-mnist, pass "
+        "--fashion-mnist DIR, or --no-data"
+    )
+
+
+def test_bundled_packages_are_pinned_to_the_versions_installed_here():
+    import gpu_bundle
+
+    assert gpu_bundle.pinned("kornia") == f"kornia=={importlib.metadata.version('kornia')}"
+    assert gpu_bundle.pinned("lightly==1.5.0") == "lightly==1.5.0"
+    assert gpu_bundle.pinned("a-package-not-installed-here") == "a-package-not-installed-here"

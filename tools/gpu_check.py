@@ -53,6 +53,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+SECTION_RUNNER = Path(__file__).resolve()  # what each section's process runs, with --section NAME
 SECTIONS = ("environment", "losses", "augmentation", "training_step", "grad_cache", "pretraining")
 BENCHMARKS_BEGIN = "<!-- gpu-check results: begin -->"
 BENCHMARKS_END = "<!-- gpu-check results: end -->"
@@ -60,6 +61,8 @@ DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TEMPERATURE = 0.1
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MIB = 2**20
+MIN_SECTION_SECONDS = 5  # a section the budget gives less is not started: the check's time is spent
+BUDGET_BOUND = "the check's time budget less what the later sections keep"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +94,10 @@ class Scale:
     pretrain_overrides: tuple[str, ...]
     # seconds each section may run before it is stopped and reported as timed out
     timeouts: dict[str, float]
+    # the whole check's seconds (`--time-budget` overrides), and the seconds each section keeps for itself
+    # whatever the sections before it took: a section may use the budget up to what the later ones keep
+    budget: float
+    reserves: dict[str, float]
 
 
 GPU_SCALE = Scale(
@@ -115,7 +122,8 @@ GPU_SCALE = Scale(
     check_batch=64,
     check_chunk=16,
     pretrain_data="fashion_mnist",
-    pretrain_overrides=("data.num_workers=8", "train.checkpoint_every=500"),
+    # One warm-up epoch of five: a whole warm-up and cosine schedule in about two minutes.
+    pretrain_overrides=("data.num_workers=8", "train.checkpoint_every=500", "optim.warmup_epochs=1"),
     timeouts={
         "environment": 60,
         "losses": 150,
@@ -123,6 +131,15 @@ GPU_SCALE = Scale(
         "training_step": 330,
         "grad_cache": 180,
         "pretraining": 300,
+    },
+    budget=480,
+    reserves={
+        "environment": 20,
+        "losses": 45,
+        "augmentation": 45,
+        "training_step": 120,
+        "grad_cache": 60,
+        "pretraining": 150,
     },
 )
 DRY_SCALE = Scale(
@@ -159,6 +176,8 @@ DRY_SCALE = Scale(
         "model.cifar_stem=false",
     ),
     timeouts={name: 240 for name in SECTIONS},
+    budget=600,
+    reserves={name: 30 for name in SECTIONS},
 )
 
 
@@ -181,18 +200,34 @@ class Figure:
 
 
 class Report:
-    """What a section hands back: its figures, and the raw numbers behind them."""
+    """What a section hands back: its figures, and the raw numbers behind them. With a `path`, every
+    figure is written there as it comes, so that a section stopped part-way keeps what it measured."""
 
-    def __init__(self, section: str, dry_run: bool = False):
-        self.section, self.dry_run = section, dry_run
+    def __init__(self, section: str, dry_run: bool = False, path: Path | None = None):
+        self.section, self.dry_run, self.path = section, dry_run, path
         self.figures: list[Figure] = []
         self.details: dict[str, object] = {}
 
     def add(self, case: str, value: str, target: str = "", verdict: str = "") -> None:
         self.figures.append(Figure(self.section, case, value, target, verdict))
+        self.save("running")
 
     def skip(self, case: str, reason: str) -> None:
-        self.figures.append(Figure(self.section, case, "–", "", f"skipped: {reason}"))
+        self.add(case, "–", "", f"skipped: {reason}")
+
+    def save(self, status: str, reason: str = "") -> None:
+        if self.path is None:
+            return
+        result = {
+            "section": self.section,
+            "status": status,
+            "reason": reason,
+            "figures": [dataclasses.asdict(f) for f in self.figures],
+            "details": self.details,
+        }
+        partial = self.path.with_name(self.path.name + ".tmp")
+        partial.write_text(json.dumps(result, indent=2, default=str))
+        partial.replace(self.path)  # whole or not at all, whenever the section is stopped
 
     def held(self, case: str, value: str, target: str, met: bool, *, on_cpu: bool = False) -> None:
         """A figure held to its target; a dry run's tiny CPU figures are not, unless `on_cpu` (a
@@ -307,6 +342,20 @@ def environment(report: Report, scale: Scale, args: argparse.Namespace) -> None:
         "packages", ", ".join(f"{k} {v or 'not installed'}" for k, v in report.details["packages"].items())
     )
     report.add("CPU cores", str(os.cpu_count()))
+    if getattr(args, "bundle", None):
+        site = (Path(args.bundle) / "site").resolve()
+        bundled = {}
+        for distribution in importlib.metadata.distributions():
+            location = Path(str(distribution.locate_file(""))).resolve()
+            if location == site and distribution.metadata["Name"] not in bundled:
+                bundled[distribution.metadata["Name"]] = distribution.version
+        report.details["bundle"] = {"site": str(site), "packages": bundled}
+        report.add(f"from the bundle ({site})", ", ".join(f"{k} {v}" for k, v in sorted(bundled.items())))
+    data = Path(args.fashion_mnist) if getattr(args, "fashion_mnist", None) else None
+    if data is not None:
+        found = (data / "train-images-idx3-ubyte.gz").is_file()
+        report.details["fashion_mnist"] = {"path": str(data), "found": found}
+        report.add("Fashion-MNIST", f"{data} ({'found' if found else 'missing: the pretraining will skip'})")
     if not torch.cuda.is_available():
         report.skip("GPU, CUDA, cuDNN, bf16", "no CUDA device (dry run on the CPU)")
         return
@@ -826,7 +875,7 @@ SECTION_FUNCTIONS: dict[str, Callable[[Report, Scale, argparse.Namespace], None]
 def run_section(args: argparse.Namespace) -> int:
     """In the section's own process: run it, write its report as JSON."""
     section, scale = args.section, DRY_SCALE if args.dry_run else GPU_SCALE
-    report = Report(section, dry_run=args.dry_run)
+    report = Report(section, dry_run=args.dry_run, path=Path(args.section_result))
     status, reason = "ok", ""
     try:
         SECTION_FUNCTIONS[section](report, scale, args)
@@ -837,14 +886,7 @@ def run_section(args: argparse.Namespace) -> int:
 
         traceback.print_exc()
         status, reason = "failed", f"{type(error).__name__}: {error}".splitlines()[0][:300]
-    result = {
-        "section": section,
-        "status": status,
-        "reason": reason,
-        "figures": [dataclasses.asdict(f) for f in report.figures],
-        "details": report.details,
-    }
-    Path(args.section_result).write_text(json.dumps(result, indent=2, default=str))
+    report.save(status, reason)
     return 0
 
 
@@ -871,6 +913,37 @@ def fill_benchmarks(path: Path, markdown: str) -> None:
     path.write_text(filled)
 
 
+class BundleError(Exception):
+    """A bundle that cannot be installed; the message names the path and the fix."""
+
+
+def install_bundle(bundle: Path) -> str:
+    """Install the wheels of `bundle` (tools/gpu_bundle.py's folder) into `bundle/site`, once, with this
+    Python's pip and no index; returns the folder to put on the sections' PYTHONPATH."""
+    wheels = sorted((bundle / "wheels").glob("*.whl"))
+    if not wheels:
+        raise BundleError(
+            f"--bundle {bundle}: no {bundle / 'wheels'}/*.whl; make it with `python tools/gpu_bundle.py "
+            f"--out {bundle} --python-version X.Y` where there is internet"
+        )
+    site = bundle / "site"
+    stamp = site / ".installed"
+    listed = "\n".join(w.name for w in wheels)
+    if stamp.is_file() and stamp.read_text() == listed:
+        return str(site.resolve())
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps"]
+    command += ["--no-compile", "--upgrade", "--target", str(site), *map(str, wheels)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise BundleError(
+            f"--bundle {bundle}: pip could not install its wheels into {site}: {last} "
+            f"(made for this Python, {platform.python_version()}? gpu_bundle.py --python-version)"
+        )
+    stamp.write_text(listed)
+    return str(site.resolve())
+
+
 def bad_argument(message: str) -> int:
     print(f"gpu_check: {message}", file=sys.stderr)
     return 2
@@ -883,9 +956,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--benchmarks", help="also write the table into this file's GPU section")
     parser.add_argument("--work-dir", help="the pretraining run and section files (default OUT/work)")
-    parser.add_argument("--fashion-mnist", default=str(DEFAULT_FASHION_MNIST), help="Fashion-MNIST's folder")
     parser.add_argument(
-        "--pretrain-epochs", type=int, default=10, help="Fashion-MNIST epochs (117 steps each)"
+        "--fashion-mnist",
+        help=f"Fashion-MNIST's folder (default: the bundle's, else {DEFAULT_FASHION_MNIST})",
+    )
+    parser.add_argument(
+        "--bundle",
+        help="a folder made by tools/gpu_bundle.py: its wheels are installed into BUNDLE/site for the "
+        "sections, and its fashion-mnist/ is the default data (a machine without internet)",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        help="seconds for the whole check (default 480 on a GPU, 600 dry); sections past it are not run",
+    )
+    parser.add_argument(
+        "--pretrain-epochs", type=int, default=5, help="Fashion-MNIST epochs (117 steps each)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     parser.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)
@@ -903,6 +989,18 @@ def main(argv: list[str] | None = None) -> int:
         return bad_argument(f"--benchmarks {args.benchmarks}: no '{BENCHMARKS_BEGIN}' line to write after")
     if args.benchmarks and args.dry_run:
         return bad_argument("--benchmarks records GPU figures; a --dry-run writes only to --out")
+    if args.time_budget is not None and not args.time_budget > 0:
+        return bad_argument(f"--time-budget {args.time_budget:g}: must be a number of seconds > 0, e.g. 480")
+    bundle_site = None
+    if args.bundle:
+        try:
+            bundle_site = install_bundle(Path(args.bundle))
+        except BundleError as error:
+            return bad_argument(str(error))
+        bundled_data = Path(args.bundle) / "fashion-mnist"
+        if args.fashion_mnist is None and bundled_data.is_dir():
+            args.fashion_mnist = str(bundled_data.resolve())
+    args.fashion_mnist = args.fashion_mnist or str(DEFAULT_FASHION_MNIST)
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
@@ -915,14 +1013,18 @@ def main(argv: list[str] | None = None) -> int:
         return bad_argument(f"cannot create {error.filename}: {error.strerror}")
     args.work_dir = str(work.resolve())
     scale = DRY_SCALE if args.dry_run else GPU_SCALE
+    budget = args.time_budget or scale.budget
 
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     environment["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), str(REPO / "tools"), os.environ.get("PYTHONPATH")) if p
+        p for p in (str(REPO), str(REPO / "tools"), bundle_site, os.environ.get("PYTHONPATH")) if p
     )
-    passed = list(argv if argv is not None else sys.argv[1:])
+    command_line = list(argv if argv is not None else sys.argv[1:])
+    # The sections are this command again with --section; a section does not install the bundle again,
+    # and reads the data folder it is given last.
+    passed = [*command_line, "--fashion-mnist", args.fashion_mnist]
     sections: list[dict] = []
 
     def write_results() -> tuple[str, list[str]]:
@@ -931,15 +1033,24 @@ def main(argv: list[str] | None = None) -> int:
         environment_result = next((s for s in sections if s["section"] == "environment"), {"details": {}})
         gpu = environment_result["details"].get("gpu", {}).get("name", "no GPU (dry run on the CPU)")
         header = (
-            f"{gpu}; {started_at:%Y-%m-%d %H:%M} UTC; `tools/gpu_check.py {' '.join(passed)}`; "
+            f"{gpu}; {started_at:%Y-%m-%d %H:%M} UTC; `tools/gpu_check.py {' '.join(command_line)}`; "
             f"{total / 60:.1f} min in all (target ≤ 8 min on one H100/H200)"
         )
-        markdown = "\n".join([header, "", *table(sections)]) + "\n"
-        failed = [s["section"] for s in sections if s["status"] in ("failed", "interrupted")]
+        whole = Report("whole check", dry_run=args.dry_run)
+        whole.held(
+            f"{len(sections)} of {len(args.sections)} sections",
+            f"{total / 60:.1f} min",
+            f"≤ {budget / 60:g} min",
+            total <= budget,
+        )
+        rows = [*table(sections), whole.figures[0].row()]
+        markdown = "\n".join([header, "", *rows]) + "\n"
+        failed = [s["section"] for s in sections if s["status"] in ("failed", "interrupted", "out of time")]
         summary = {
             "started": started_at.isoformat(),
             "dry_run": args.dry_run,
-            "command": ["tools/gpu_check.py", *passed],
+            "command": ["tools/gpu_check.py", *command_line],
+            "time_budget": budget,
             "seconds": total,
             "failed": failed,
             "sections": sections,
@@ -953,14 +1064,25 @@ def main(argv: list[str] | None = None) -> int:
     previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
     interrupted = False
     with open(out / "gpu_check.log", "w") as log, _restored(signal.SIGTERM, previous_handler):
-        for section in args.sections:
+        for index, section in enumerate(args.sections):
             if interrupted:
                 sections.append(_unrun(section, "skipped", "the check was interrupted before it"))
                 continue
-            print(f"[gpu_check] {section} …", flush=True)
+            seconds_left = budget - (time.perf_counter() - started)
+            timeout, why = section_time(section, args.sections[index + 1 :], scale, seconds_left)
+            if why == BUDGET_BOUND and timeout < MIN_SECTION_SECONDS:
+                result = _unrun(
+                    section, "out of time", f"{budget:g} s budget spent before it (--time-budget to widen)"
+                )
+                result["seconds"] = 0.0
+                sections.append(result)
+                write_results()
+                print(f"[gpu_check] {section}: {result['status']}: {result['reason']}", flush=True)
+                continue
+            print(f"[gpu_check] {section} … (at most {round(timeout, 2):g} s)", flush=True)
             section_started = time.perf_counter()
             try:
-                result = _run_in_subprocess(section, args, passed, work, log, environment, scale)
+                result = _run_in_subprocess(section, args, passed, log, environment, timeout, why)
             except KeyboardInterrupt:
                 interrupted = True
                 result = _unrun(section, "interrupted", "stopped by a signal")
@@ -993,31 +1115,50 @@ def _unrun(section: str, status: str, reason: str) -> dict:
     return {"section": section, "status": status, "reason": reason, "figures": [], "details": {}}
 
 
-def _run_in_subprocess(section, args, passed, work: Path, log, environment: dict, scale: Scale) -> dict:
-    """One section in its own process, its output appended to the log; its result, or why there is none."""
-    result_file = work / f"section_{section}.json"
+def _run_in_subprocess(section, args, passed, log, environment: dict, timeout: float, why: str) -> dict:
+    """One section in its own process, its output appended to the log; its result, or why there is none.
+    A section stopped part-way (its time, a crash) keeps the figures it had written."""
+    result_file = Path(args.work_dir) / f"section_{section}.json"
     result_file.unlink(missing_ok=True)
-    command = [sys.executable, str(Path(__file__).resolve()), *passed, "--section", section]
+    command = [sys.executable, str(SECTION_RUNNER), *passed, "--section", section]
     command += ["--section-result", str(result_file), "--work-dir", args.work_dir]
     log.write(f"\n===== {section} =====\n")
     log.flush()
-    timeout = scale.timeouts[section]
     # A session of its own, so that a timeout or a signal stops the section's children (DataLoader
     # workers, accelerate launch's training process) with it.
     process = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=REPO, start_new_session=True
     )
+
+    def stopped(reason: str) -> dict:
+        if not result_file.exists():
+            return _unrun(section, "failed", reason)
+        partial = json.loads(result_file.read_text())
+        kept = f"; its {len(partial['figures'])} figures before it kept" if partial["figures"] else ""
+        return {**partial, "status": "failed", "reason": reason + kept}
+
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         _stop_group(process)
-        return _unrun(section, "failed", f"timed out after {timeout:g} s (see gpu_check.log)")
+        return stopped(f"timed out after {round(timeout, 2):g} s ({why}; see gpu_check.log)")
     except KeyboardInterrupt:
         _stop_group(process)
         raise
-    if not result_file.exists():
-        return _unrun(section, "failed", f"its process exited {process.returncode} (see gpu_check.log)")
-    return json.loads(result_file.read_text())
+    result = json.loads(result_file.read_text()) if result_file.exists() else {"status": "running"}
+    if result["status"] == "running":
+        return stopped(f"its process exited {process.returncode} part-way (see gpu_check.log)")
+    return result
+
+
+def section_time(section: str, later: list[str], scale: Scale, seconds_left: float) -> tuple[float, str]:
+    """The seconds `section` may run, and what bounds them: its own timeout, or the check's budget less
+    what the `later` sections keep for themselves."""
+    own = scale.timeouts[section]
+    allowed = seconds_left - sum(scale.reserves[s] for s in later)
+    if own <= allowed:
+        return own, "the section's limit"
+    return max(allowed, 0.0), BUDGET_BOUND
 
 
 def _stop_group(process: subprocess.Popen) -> None:
