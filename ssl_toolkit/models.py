@@ -40,7 +40,7 @@ def create_backbone(
     pretrained: bool = False,
     backbone_args: dict | None = None,
 ) -> nn.Module:
-    """A timm model without classifier, returning pooled features (N, num_features).
+    """A timm model without classifier, returning pooled features (N, `pooled_width(model)`).
 
     `backbone_args` go to `timm.create_model` and override the architecture's own, e.g.
     `{"layers": [1, 1, 1, 1], "channels": [32, 64, 128, 256]}` for a narrower, shallower resnet18.
@@ -114,6 +114,11 @@ def create_encoder(spec: EncoderSpec, *, pretrained: bool = False) -> Encoder:
         pretrained=pretrained,
         backbone_args=spec.backbone_args,
     )
-    feature_dim = backbone.num_features
-    head = ProjectionHead(feature_dim, spec.proj_hidden_dim or feature_dim, spec.proj_dim)
-    return Encoder(backbone, head)
+    width = pooled_width(backbone)
+    return Encoder(backbone, ProjectionHead(width, spec.proj_hidden_dim or width, spec.proj_dim))
+
+
+def pooled_width(backbone: nn.Module) -> int:
+    """The width of what a classifier-free timm model returns: `head_hidden_size` where the model has a
+    pre-logits layer after its features (MobileNetV3: 1,024 of 288 features), else `num_features`."""
+    return getattr(backbone, "head_hidden_size", None) or backbone.num_features

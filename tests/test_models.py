@@ -53,3 +53,12 @@ def test_backbone_args_come_from_recipes_and_overrides():
     assert config.model.backbone_args == {"widths": [16, 32]}
     with pytest.raises(ConfigError, match=r"model\.backbone_args"):
         load_config(None, ["model.backbone_args=3"])
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "resnet18"])
+def test_the_head_takes_what_the_backbone_returns_also_past_a_pre_logits_layer(name):
+    # MobileNetV3 pools 288 features and widens them to 1,024 before its classifier: h is the 1,024.
+    encoder = create_encoder(EncoderSpec(name, proj_dim=8)).eval()
+    h, z = encoder(torch.randn(2, 3, 64, 64))
+    reference = timm.create_model(name, num_classes=0)
+    assert encoder.feature_dim == h.shape[1] == reference.head_hidden_size and z.shape == (2, 8)
