@@ -87,6 +87,9 @@ def _train(config: Config, run: RunDirectory, accelerator: Accelerator, signals:
     if probe is not None and progress.checkpoint is not None and not probe.restore(Path(progress.checkpoint)):
         accelerator.print(f"{progress.checkpoint} holds no online probe; it starts again from zero weights")
     evaluate = build.online_evaluation(config, kind, accelerator, encoder.backbone, probe)
+    precision_warning = build.cpu_bf16_warning(config.train.mixed_precision, accelerator.device)
+    if precision_warning:
+        accelerator.print(precision_warning)
     accelerator.print(
         f"pretraining {config.model.backbone} on {config.data.name}: {len(dataset)} samples, global batch "
         f"{config.train.batch_size * accelerator.num_processes} ({accelerator.num_processes} processes), "

@@ -233,3 +233,36 @@ def test_a_compiled_encoder_trains_like_the_eager_one_and_saves_plain_names(tmp_
     torch.testing.assert_close(logged_losses(compiled), logged_losses(eager), rtol=1e-4, atol=1e-5)
     trained = load_encoder(RunDirectory(compiled).encoder)  # plain names, no "_orig_mod."
     assert trained.encoder(torch.zeros(2, 1, 8, 8))[1].shape == (2, 16)
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "avx512_bf16", "amx", "warned"),
+    [
+        ("bf16", "cpu", False, False, True),
+        ("bf16", "cpu", True, False, False),
+        ("bf16", "cpu", False, True, False),
+        ("no", "cpu", False, False, False),
+        ("bf16", "cuda", False, False, False),
+    ],
+)
+def test_bf16_is_named_as_slow_only_on_a_cpu_that_emulates_it(
+    monkeypatch, precision, device, avx512_bf16, amx, warned
+):
+    from ssl_toolkit import build
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    warning = build.cpu_bf16_warning(precision, torch.device(device))
+    assert (warning is not None) == warned
+    if warned:
+        assert warning.startswith("warning: train.mixed_precision=bf16 on a CPU without AVX512-BF16 or AMX")
+        assert warning.endswith("train.mixed_precision=no trains faster on this machine")
+
+
+def test_a_bf16_run_on_such_a_cpu_prints_the_warning_before_it_trains(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    pretrain_tiny(tmp_path, "bf16", "train.max_steps=1", "train.mixed_precision=bf16")
+    out = capsys.readouterr().out
+    warning = out.index("warning: train.mixed_precision=bf16 on a CPU without AVX512-BF16 or AMX")
+    assert warning < out.index("pretraining ")
