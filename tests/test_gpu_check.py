@@ -399,3 +399,27 @@ def test_bundled_packages_are_pinned_to_the_versions_installed_here():
     assert gpu_bundle.pinned("kornia") == f"kornia=={importlib.metadata.version('kornia')}"
     assert gpu_bundle.pinned("lightly==1.5.0") == "lightly==1.5.0"
     assert gpu_bundle.pinned("a-package-not-installed-here") == "a-package-not-installed-here"
+
+
+def test_results_brought_back_from_a_gpu_machine_fill_the_benchmarks(tmp_path, capsys):
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    benchmarks.write_text(f"## GPU\n{gpu_check.BENCHMARKS_BEGIN}\nnot measured\n{gpu_check.BENCHMARKS_END}\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "gpu_check.json").write_text(json.dumps({"dry_run": False, "sections": []}))
+    (results / "gpu_check.md").write_text("NVIDIA H100 80GB HBM3; table\n")
+    assert gpu_check.main(["--record", str(results), "--benchmarks", str(benchmarks)]) == 0
+    assert "NVIDIA H100 80GB HBM3; table" in benchmarks.read_text()
+    assert "not measured" not in benchmarks.read_text()
+
+    (results / "gpu_check.json").write_text(json.dumps({"dry_run": True, "sections": []}))
+    (results / "gpu_check.md").write_text("a dry run's table\n")
+    assert gpu_check.main(["--record", str(results), "--benchmarks", str(benchmarks)]) == 2
+    assert "a dry run's figures are not recorded" in capsys.readouterr().err
+    assert gpu_check.main(["--record", str(tmp_path / "nothing"), "--benchmarks", str(benchmarks)]) == 2
+    assert "no readable gpu_check.json and gpu_check.md there" in capsys.readouterr().err
+    assert gpu_check.main(["--record", str(results)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "gpu_check: --record needs --benchmarks FILE, the file whose GPU section it fills"
+    )
+    assert "NVIDIA H100 80GB HBM3; table" in benchmarks.read_text()

@@ -4,6 +4,8 @@
     .venv/bin/python tools/gpu_check.py --out gpu_check --benchmarks BENCHMARKS.md  # and its GPU section
     .venv/bin/python tools/gpu_check.py --dry-run --out /tmp/gpu_check       # on a CPU, tiny sizes, < 2 min
     .venv/bin/python tools/gpu_check.py --sections losses grad_cache --out gpu_check_rerun
+    python3 tools/gpu_check.py --bundle gpu_bundle --out gpu_check   # no internet: gpu_bundle.py made it
+    .venv/bin/python tools/gpu_check.py --record gpu_check --benchmarks BENCHMARKS.md  # results run elsewhere
 
 Sections, in this order, each in its own subprocess (so that an out-of-memory or a hang loses that section
 alone, its peak memory is its own, and each builds its own Accelerator), each timed and, where a dependency
@@ -944,6 +946,27 @@ def install_bundle(bundle: Path) -> str:
     return str(site.resolve())
 
 
+def record(results: Path, benchmarks: str | None) -> int:
+    """Fill `benchmarks` with the table of a finished GPU check in `results` (run on another machine)."""
+    if not benchmarks:
+        return bad_argument("--record needs --benchmarks FILE, the file whose GPU section it fills")
+    try:
+        summary = json.loads((results / "gpu_check.json").read_text())
+        markdown = (results / "gpu_check.md").read_text()
+    except (OSError, ValueError) as error:
+        return bad_argument(
+            f"--record {results}: no readable gpu_check.json and gpu_check.md there ({error})"
+        )
+    if summary.get("dry_run"):
+        return bad_argument(f"--record {results}: a dry run's figures are not recorded")
+    try:
+        fill_benchmarks(Path(benchmarks), markdown)
+    except (OSError, ValueError) as error:
+        return bad_argument(f"--benchmarks {benchmarks}: {error}")
+    print(f"{benchmarks}: GPU section filled from {results / 'gpu_check.md'}")
+    return 0
+
+
 def bad_argument(message: str) -> int:
     print(f"gpu_check: {message}", file=sys.stderr)
     return 2
@@ -951,7 +974,12 @@ def bad_argument(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="folder for gpu_check.json, gpu_check.md, gpu_check.log")
+    parser.add_argument("--out", help="folder for gpu_check.json, gpu_check.md, gpu_check.log")
+    parser.add_argument(
+        "--record",
+        metavar="RESULTS",
+        help="run nothing: write the table of a check run elsewhere (its --out folder) into --benchmarks",
+    )
     parser.add_argument("--dry-run", action="store_true", help="the same code on the CPU at tiny sizes")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--benchmarks", help="also write the table into this file's GPU section")
@@ -979,6 +1007,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.section:
         return run_section(args)
+    if args.record:
+        return record(Path(args.record), args.benchmarks)
+    if not args.out:
+        return bad_argument("--out FOLDER is needed (or --record RESULTS --benchmarks FILE)")
 
     out = Path(args.out)
     if (out / "gpu_check.json").exists() and not args.overwrite:
