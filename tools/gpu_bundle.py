@@ -27,6 +27,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from gpu_check import DEFAULT_FASHION_MNIST, FASHION_MNIST_FILES  # what the check reads
+
 # What the GPU check imports that images made for PyTorch work usually lack (kornia-rs is kornia's
 # compiled part; lightly is the loss check's peer).
 DEFAULT_PACKAGES = ("kornia", "kornia-rs", "lightly")
@@ -39,13 +41,6 @@ MANYLINUX_X86_64 = (
     "manylinux2014_x86_64",
     "manylinux1_x86_64",
 )
-FASHION_MNIST_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 class BundleError(Exception):

@@ -59,7 +59,13 @@ SECTION_RUNNER = Path(__file__).resolve()  # what each section's process runs, w
 SECTIONS = ("environment", "losses", "augmentation", "training_step", "grad_cache", "pretraining")
 BENCHMARKS_BEGIN = "<!-- gpu-check results: begin -->"
 BENCHMARKS_END = "<!-- gpu-check results: end -->"
-DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 TEMPERATURE = 0.1
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MIB = 2**20
@@ -346,16 +352,13 @@ def environment(report: Report, scale: Scale, args: argparse.Namespace) -> None:
     report.add("CPU cores", str(os.cpu_count()))
     if getattr(args, "bundle", None):
         site = (Path(args.bundle) / "site").resolve()
-        bundled = {}
-        for distribution in importlib.metadata.distributions():
-            location = Path(str(distribution.locate_file(""))).resolve()
-            if location == site and distribution.metadata["Name"] not in bundled:
-                bundled[distribution.metadata["Name"]] = distribution.version
+        found = importlib.metadata.distributions(path=[str(site)])
+        bundled = {distribution.metadata["Name"]: distribution.version for distribution in found}
         report.details["bundle"] = {"site": str(site), "packages": bundled}
         report.add(f"from the bundle ({site})", ", ".join(f"{k} {v}" for k, v in sorted(bundled.items())))
     data = Path(args.fashion_mnist) if getattr(args, "fashion_mnist", None) else None
     if data is not None:
-        found = (data / "train-images-idx3-ubyte.gz").is_file()
+        found = all((data / name).is_file() for name in FASHION_MNIST_FILES)
         report.details["fashion_mnist"] = {"path": str(data), "found": found}
         report.add("Fashion-MNIST", f"{data} ({'found' if found else 'missing: the pretraining will skip'})")
     if not torch.cuda.is_available():
@@ -1102,22 +1105,17 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             seconds_left = budget - (time.perf_counter() - started)
             timeout, why = section_time(section, args.sections[index + 1 :], scale, seconds_left)
-            if why == BUDGET_BOUND and timeout < MIN_SECTION_SECONDS:
-                result = _unrun(
-                    section, "out of time", f"{budget:g} s budget spent before it (--time-budget to widen)"
-                )
-                result["seconds"] = 0.0
-                sections.append(result)
-                write_results()
-                print(f"[gpu_check] {section}: {result['status']}: {result['reason']}", flush=True)
-                continue
-            print(f"[gpu_check] {section} … (at most {round(timeout, 2):g} s)", flush=True)
             section_started = time.perf_counter()
-            try:
-                result = _run_in_subprocess(section, args, passed, log, environment, timeout, why)
-            except KeyboardInterrupt:
-                interrupted = True
-                result = _unrun(section, "interrupted", "stopped by a signal")
+            if why == BUDGET_BOUND and timeout < MIN_SECTION_SECONDS:
+                reason = f"{budget:g} s budget spent before it (--time-budget to widen)"
+                result = _unrun(section, "out of time", reason)
+            else:
+                print(f"[gpu_check] {section} … (at most {round(timeout, 2):g} s)", flush=True)
+                try:
+                    result = _run_in_subprocess(section, args, passed, log, environment, timeout, why)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    result = _unrun(section, "interrupted", "stopped by a signal")
             result["seconds"] = time.perf_counter() - section_started
             sections.append(result)
             write_results()
@@ -1162,25 +1160,20 @@ def _run_in_subprocess(section, args, passed, log, environment: dict, timeout: f
         command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=REPO, start_new_session=True
     )
 
-    def stopped(reason: str) -> dict:
-        if not result_file.exists():
-            return _unrun(section, "failed", reason)
-        partial = json.loads(result_file.read_text())
-        kept = f"; its {len(partial['figures'])} figures before it kept" if partial["figures"] else ""
-        return {**partial, "status": "failed", "reason": reason + kept}
-
     try:
         process.wait(timeout=timeout)
+        stop = f"its process exited {process.returncode} part-way (see gpu_check.log)"
     except subprocess.TimeoutExpired:
         _stop_group(process)
-        return stopped(f"timed out after {round(timeout, 2):g} s ({why}; see gpu_check.log)")
+        stop = f"timed out after {round(timeout, 2):g} s ({why}; see gpu_check.log)"
     except KeyboardInterrupt:
         _stop_group(process)
         raise
-    result = json.loads(result_file.read_text()) if result_file.exists() else {"status": "running"}
-    if result["status"] == "running":
-        return stopped(f"its process exited {process.returncode} part-way (see gpu_check.log)")
-    return result
+    result = json.loads(result_file.read_text()) if result_file.exists() else _unrun(section, "running", "")
+    if result["status"] != "running":
+        return result
+    kept = f"; its {len(result['figures'])} figures before it kept" if result["figures"] else ""
+    return {**result, "status": "failed", "reason": stop + kept}
 
 
 def section_time(section: str, later: list[str], scale: Scale, seconds_left: float) -> tuple[float, str]:
