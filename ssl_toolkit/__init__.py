@@ -25,9 +25,11 @@ _EXPORTS = {  # module: the names it gives the top level
         "LOSSES create_loss loss_over_views NTXentLoss SupConLoss "
         "ColesLoss TripletLoss ContrastiveLoss SigmoidLoss ArcFaceLoss CrossEntropyLoss"
     ),
-    "ssl_toolkit.augment": "BatchViews PerImageViews ViewParams eval_transform preset_views",
-    "ssl_toolkit.data": "DATASETS create_dataset",
-    "ssl_toolkit.models": "Encoder EncoderSpec ProjectionHead create_encoder",
+    "ssl_toolkit.kinds.images": (
+        "BatchViews PerImageViews ViewParams eval_transform preset_views DATASETS create_dataset "
+        "EncoderSpec create_encoder"
+    ),
+    "ssl_toolkit.encoder": "Encoder ProjectionHead",
     "ssl_toolkit.encoder_file": "TrainedEncoder load_encoder save_encoder",
     "ssl_toolkit.eval.features": "extract_features",
     "ssl_toolkit.eval.linear_probe": "evaluate_linear_probe",

@@ -17,13 +17,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_toolkit import distributed
 from ssl_toolkit.config import Config, ConfigError
-from ssl_toolkit.eval.online import OnlineKNN
-from ssl_toolkit.eval.online_probe import OnlineLinearProbe
-from ssl_toolkit.kinds import DataKind, TrainingData, data_kind_class
+from ssl_toolkit.kinds import DataKind, TrainingData
 from ssl_toolkit.losses import create_loss, loss_class
 from ssl_toolkit.optim import LrSchedule, create_optimizer, scale_lr
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training.epoch_seeded import EpochSeededDataset
+from ssl_toolkit.training.online_knn import OnlineKNN
+from ssl_toolkit.training.online_probe import OnlineLinearProbe
 from ssl_toolkit.training.stop_signals import ignore_stop_signals
 
 KNN_BANK_SIZE = 10_000  # train items the online kNN's neighbours come from
@@ -60,18 +60,6 @@ def cpu_bf16_warning(mixed_precision: str, device: torch.device) -> str | None:
         "warning: train.mixed_precision=bf16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated here, "
         "often several times slower than float32; train.mixed_precision=no trains faster on this machine"
     )
-
-
-def evaluation_accelerator(config: Config) -> Accelerator:
-    """The Accelerator of an evaluation command: the run's precision, no trackers."""
-    return Accelerator(
-        cpu=distributed.launched_on_cpu_processes(), mixed_precision=config.train.mixed_precision
-    )
-
-
-def data_kind(config: Config, run: RunDirectory | None = None, preprocessing: dict | None = None) -> DataKind:
-    """The data kind that reads `data.name` (see `DataKind` for `run` and `preprocessing`)."""
-    return data_kind_class(config.data.name)(config, run, preprocessing)
 
 
 def train_loader(

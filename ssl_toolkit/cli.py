@@ -13,23 +13,32 @@ import sys
 from pathlib import Path
 
 from ssl_toolkit import __version__
-from ssl_toolkit.config import ConfigError, packaged_recipes
-
-EXIT_INTERRUPTED = 4  # as pretraining's: stopped for a signal, resumable as it is
+from ssl_toolkit.config import ConfigError, add_recipe_arguments, packaged_recipes
+from ssl_toolkit.eval.defaults import (
+    FINETUNE_EPOCHS,
+    FINETUNE_EPOCHS_FEW_LABELS,
+    FINETUNE_LR,
+    KNN_K,
+    KNN_TEMPERATURE,
+    SGD_PROBE_EPOCHS,
+    SGD_PROBE_LR,
+    finetune_epochs,
+)
+from ssl_toolkit.process.outcome import run_entry_point
 
 
 def _schedule(args: argparse.Namespace, epochs: int, lr: float):
     """The SGD schedule the options give, with `epochs` and `lr` where they are not given."""
-    from ssl_toolkit.eval.supervised import SupervisedSchedule
+    from ssl_toolkit.eval.classifier_training import ClassifierSchedule
 
     given = {name: getattr(args, name) for name in (*SGD_OPTIONS, "weight_decay")}
     given = {name: value for name, value in given.items() if value is not None}
-    return SupervisedSchedule(**{"epochs": epochs, "lr": lr, **given})
+    return ClassifierSchedule(**{"epochs": epochs, "lr": lr, **given})
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from ssl_toolkit.config import ConfigError
-    from ssl_toolkit.eval.probe import SGD_PROBE_SCHEDULE, run_probe
+    from ssl_toolkit.eval.probe import run_probe
+    from ssl_toolkit.eval.sgd_probe import SGD_PROBE_SCHEDULE
 
     sgd_options = [f"--{name.replace('_', '-')}" for name in SGD_OPTIONS if getattr(args, name) is not None]
     if args.protocol != "sgd" and sgd_options:
@@ -97,7 +106,7 @@ def _print_probe(run_dir: str, result: dict) -> None:
 
 
 def _knn(args: argparse.Namespace) -> int:
-    from ssl_toolkit.eval.knn_report import run_knn
+    from ssl_toolkit.eval.knn import run_knn
 
     result = run_knn(
         args.run_dir, args.overrides, features=args.features, k=args.k, temperature=args.temperature
@@ -118,7 +127,7 @@ def _print_knn(run_dir: str, result: dict) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     """The probe and kNN in one process: the run opens and its data is embedded once for both."""
-    from ssl_toolkit.eval.knn_report import run_knn
+    from ssl_toolkit.eval.knn import run_knn
     from ssl_toolkit.eval.probe import run_probe
     from ssl_toolkit.eval.run import EvaluationRun
 
@@ -155,9 +164,9 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from ssl_toolkit.eval.finetune import FINETUNE_LR, default_epochs, run_finetune
+    from ssl_toolkit.eval.finetune import run_finetune
 
-    schedule = _schedule(args, default_epochs(args.label_fraction), FINETUNE_LR)
+    schedule = _schedule(args, finetune_epochs(args.label_fraction), FINETUNE_LR)
     result = run_finetune(args.run_dir, args.overrides, label_fraction=args.label_fraction, schedule=schedule)
     if result is not None:
         from ssl_toolkit.run_dir import RunDirectory
@@ -197,41 +206,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_pretrain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The arguments of `ssl-toolkit pretrain` and `python -m ssl_toolkit.pretrain`."""
-    parser.add_argument("recipe", help="YAML recipe or packaged recipe name, e.g. quickstart")
-    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.batch_size=64")
-    return parser
-
-
 def _pretrain(args: argparse.Namespace) -> int:
-    from ssl_toolkit.pretrain import run
+    from ssl_toolkit.pretrain import main as pretrain_main
 
-    return run(args)
+    return pretrain_main([args.recipe, *args.overrides])
 
 
 def _study(args: argparse.Namespace) -> int:
-    from ssl_toolkit.study.report import publish_study_reports, write_reports
-    from ssl_toolkit.study.runner import StudyInterrupted, StudyRunner
+    from ssl_toolkit.study.runner import StudyRunner, run_study
     from ssl_toolkit.study.spec import load_study
 
     study = load_study(args.study)
-    runner = StudyRunner(study, args.output_dir or Path("runs") / "studies" / study.name)
+    directory = args.output_dir or Path("runs") / "studies" / study.name
     if args.dry_run:
-        runner.dry_run()
-        return 0
-    try:
-        results = runner.run(retry_failed=args.retry_failed)
-    except StudyInterrupted as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    written = write_reports(runner.directory.path, study.as_dict(), results)
-    for path in written:
-        print(f"wrote {path}")
-    if study.logs_to_wandb():
-        publish_study_reports(study.name, runner.directory.path, results, written)
-    failed = sum(result["status"] != "ok" for result in results)
-    print(f"{len(results)} runs, {failed} failed; results in {runner.directory.results}")
+        StudyRunner(study, directory).dry_run()
+    else:  # StudyInterrupted: exit code 4, rerun to go on
+        run_study(study, directory, retry_failed=args.retry_failed)
     return 0
 
 
@@ -270,9 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ssl-toolkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    pretrain = add_pretrain_arguments(
-        commands.add_parser("pretrain", help="pretrain an encoder from a recipe")
-    )
+    pretrain = add_recipe_arguments(commands.add_parser("pretrain", help="pretrain an encoder from a recipe"))
     pretrain.set_defaults(handler=_pretrain)
     commands.add_parser("recipes", help="list the packaged recipes").set_defaults(handler=_recipes)
     study = commands.add_parser("study", help="run a grid of runs × seeds and report mean ± std tables")
@@ -318,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sgd trains it by SGD with Nesterov momentum and a cosine lr on random crops and flips of the "
         "train images over the frozen backbone → probe_sgd.json (the options below)",
     )
-    _add_sgd_options(probe, "100", "0.1")
+    _add_sgd_options(probe, str(SGD_PROBE_EPOCHS), str(SGD_PROBE_LR))
     probe.set_defaults(handler=_probe)
     finetune = commands.add_parser(
         "finetune",
@@ -332,14 +320,23 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="the seeded, class-stratified share of the labelled train images, e.g. 0.01, 0.1 or 1.0",
     )
-    _add_sgd_options(finetune, "60 for 1%% of the labels, 30 for more", "0.05")
+    _add_sgd_options(
+        finetune,
+        f"{FINETUNE_EPOCHS_FEW_LABELS} for 1%% of the labels, {FINETUNE_EPOCHS} for more",
+        str(FINETUNE_LR),
+    )
     finetune.add_argument("--weight-decay", type=float, help="SGD's weight decay (default 0)")
     finetune.set_defaults(handler=_finetune)
     knn = _evaluation_parser(
         commands, "knn", "weighted kNN on a run's frozen features → knn.json", ["backbone", "projection"]
     )
-    knn.add_argument("--k", type=int, default=200, help="neighbours that vote (default 200)")
-    knn.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(s/T) (default 0.07)")
+    knn.add_argument("--k", type=int, default=KNN_K, help=f"neighbours that vote (default {KNN_K})")
+    knn.add_argument(
+        "--temperature",
+        type=float,
+        default=KNN_TEMPERATURE,
+        help=f"vote weight exp(s/T) (default {KNN_TEMPERATURE})",
+    )
     knn.set_defaults(handler=_knn)
     evaluate = _evaluation_parser(
         commands,
@@ -382,12 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The exit code is `ssl_toolkit.process.status.ExitCode`'s; the outcome goes where `$SSL_TOOLKIT_OUTCOME`
+    says (pretraining writes its own, in its run directory too)."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.handler is _pretrain:
+        return _pretrain(args)
+    return run_entry_point(lambda: args.handler(args))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ writer adds (the step, the dataset). `load_encoder` returns a `TrainedEncoder` t
 from __future__ import annotations
 
 import json
-import os
-import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -17,6 +15,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ssl_toolkit.files import write_safetensors
+from ssl_toolkit.kinds import DataKind, kind_by_name
 
 FEATURES = ("backbone", "projection")  # h = f(x) and z = g(h)
 REWRITE_HINT = (
@@ -27,25 +28,6 @@ REWRITE_HINT = (
 
 class EncoderFileError(ValueError):
     """An encoder file that cannot be read back; the message names it and how to get a good one."""
-
-
-def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
-    """`tensors` and `metadata` as a safetensors file at `path`, atomically, with an ordinary file's mode.
-
-    safetensors creates its files 0600 whatever the umask; the file written here gets the mode the umask
-    gives a new file, as every other file of a run directory has.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    partial = path.with_name(path.name + ".tmp")
-    partial.unlink(missing_ok=True)
-    partial.touch()  # created as any new file is, so its mode is what the umask leaves of 0666
-    mode = stat.S_IMODE(partial.stat().st_mode)
-    save_file(tensors, str(partial), metadata=metadata)
-    os.chmod(partial, mode)
-    partial.replace(path)
-    return path
 
 
 def save_encoder(
@@ -66,6 +48,20 @@ def save_encoder(
     }
     metadata.update({key: json.dumps(value) for key, value in (extra or {}).items()})
     write_safetensors(state, path, metadata)
+
+
+def save_run_encoder(kind: DataKind, encoder: nn.Module, path: str | Path, **extra) -> None:
+    """Write a run's `encoder` with `kind`'s spec and preprocessing, the dataset's name and `extra` (e.g.
+    the step), so that `load_encoder` rebuilds it and its evaluation transform without the config."""
+    preprocessing = kind.preprocessing()
+    save_encoder(
+        encoder,
+        path,
+        spec=kind.encoder_spec(),
+        kind=kind.name,
+        preprocessing=preprocessing,
+        extra={**extra, "data": {"name": kind.config.data.name, **preprocessing}},
+    )
 
 
 @dataclass
@@ -97,8 +93,6 @@ class TrainedEncoder:
 
     def transform(self) -> Callable:
         """The evaluation transform of one raw input (for images: a PIL image or uint8 (C, H, W) tensor)."""
-        from ssl_toolkit.kinds import kind_by_name
-
         return kind_by_name(self.kind).evaluation_transform(self.preprocessing)
 
     @torch.no_grad()
@@ -122,8 +116,6 @@ def load_encoder(path: str | Path) -> TrainedEncoder:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from ssl_toolkit.kinds import kind_by_name
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no encoder weights at {path}; a finished pretraining run writes them")
@@ -132,12 +124,12 @@ def load_encoder(path: str | Path) -> TrainedEncoder:
             metadata = {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
     except Exception as error:  # truncated, overwritten, not safetensors: the fix is the same
         raise _unreadable(path, error) from error
-    kind = metadata.pop("data_kind", "image")  # files from before data kinds held images
+    kind = metadata.pop("data_kind", None)
     if not isinstance(kind, str):
         raise _unreadable(path, TypeError(f"data_kind is {kind!r}, not a name"))
     kind_class = kind_by_name(kind)  # an unregistered kind is no fault of the file: its message says so
     try:
-        preprocessing = metadata.pop("preprocessing", None) or _image_preprocessing(metadata)
+        preprocessing = metadata.pop("preprocessing")
         spec = kind_class.spec_from_dict(metadata.pop("encoder_spec"))
         encoder = kind_class.build_encoder(spec)
         encoder.load_state_dict(load_file(str(path)))
@@ -150,10 +142,3 @@ def _unreadable(path: Path, error: Exception) -> EncoderFileError:
     lines = str(error).strip().splitlines()
     reason = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
     return EncoderFileError(f"{path} is not a readable encoder file ({reason}); {REWRITE_HINT}")
-
-
-def _image_preprocessing(metadata: dict) -> dict:
-    """The preprocessing of an image encoder file that predates the preprocessing entry."""
-    data = metadata.get("data", {})
-    mean = data.get("mean")
-    return {"image_size": None, "channels": len(mean) if mean else None, "mean": mean, "std": data.get("std")}

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,7 +38,8 @@ import torch
 from torch import nn
 
 from ssl_toolkit.config import ConfigError
-from ssl_toolkit.encoder_file import EncoderFileError, TrainedEncoder, load_encoder, write_safetensors
+from ssl_toolkit.encoder_file import EncoderFileError, TrainedEncoder, load_encoder
+from ssl_toolkit.files import replaced_atomically, write_safetensors
 from ssl_toolkit.run_dir import RunDirectory
 
 FORMATS = ("timm", "hf", "onnx", "torchscript")
@@ -88,7 +88,7 @@ def export_encoder(run_dir: str | Path, format: str, out: str | Path, *, overwri
     if format == "onnx":
         _require_onnx()
     writer = WRITERS[format]
-    with _written_atomically(out) as partial:
+    with replaced_atomically(out) as partial:
         writer(trained, partial)
     return out
 
@@ -443,42 +443,6 @@ def _exporting(trained: TrainedEncoder, format: str) -> Iterator[None]:
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0][:200] if lines else ""
-
-
-@contextlib.contextmanager
-def _written_atomically(out: Path) -> Iterator[Path]:
-    """A temporary path beside `out` to write, renamed to `out` when the block succeeds, removed if not.
-
-    A rename within one folder is atomic, so a reader sees the old `out` or the finished new one.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".tmp_{out.name}")
-    _remove(partial)
-    try:
-        yield partial
-        folders = partial.is_dir() or (out.is_dir() and not out.is_symlink())
-        if folders and (out.exists() or out.is_symlink()):  # a rename cannot replace a folder: move it aside
-            old = out.with_name(f".old_{out.name}")
-            _remove(old)
-            out.rename(old)
-            try:
-                partial.rename(out)
-            except BaseException:
-                old.rename(out)
-                raise
-            _remove(old)
-        else:
-            partial.replace(out)
-    except BaseException:
-        _remove(partial)
-        raise
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _model_card(trained: TrainedEncoder, cfg: dict) -> str:

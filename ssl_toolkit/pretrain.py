@@ -11,25 +11,26 @@ import math
 import sys
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ssl_toolkit import build, distributed
-from ssl_toolkit.config import Config, ConfigError, load_config, save_config
-from ssl_toolkit.run_dir import RunDirectory, StorageFull, writing
+from ssl_toolkit.config import Config, add_recipe_arguments, load_config, save_config
+from ssl_toolkit.encoder_file import save_run_encoder
+from ssl_toolkit.files import writing
+from ssl_toolkit.kinds import create_data_kind
+from ssl_toolkit.process.launch import stop_with_parent
+from ssl_toolkit.process.outcome import Outcome, run_entry_point, write_outcome
+from ssl_toolkit.process.status import Status
+from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training import run_claim
 from ssl_toolkit.training.checkpoint import resumable_batches, resume, save_checkpoint
 from ssl_toolkit.training.checkpoint_files import latest_checkpoint_phrase
-from ssl_toolkit.training.guard import NonFiniteGuard, TrainingDiverged
+from ssl_toolkit.training.guard import NonFiniteGuard
 from ssl_toolkit.training.objective import ContrastiveObjective, train_step
+from ssl_toolkit.training.progress import TrainingProgress
 from ssl_toolkit.training.run_log import RunLog
-from ssl_toolkit.training.stop_signals import (
-    EXIT_INTERRUPTED,
-    StopSignals,
-    TrainingInterrupted,
-    stop_with_parent,
-)
+from ssl_toolkit.training.stop_signals import StopSignals, TrainingInterrupted
 
 
 def pretrain(config: Config) -> Path:
@@ -47,25 +48,47 @@ def pretrain(config: Config) -> Path:
     run = RunDirectory(config.run_dir)
     accelerator = build.accelerator(config, run)
     lock = run_claim.claim(accelerator, config, run)
+    progress = TrainingProgress()
     try:
         with StopSignals() as signals:
-            _train(config, run, accelerator, signals)
-    except RuntimeError as error:
-        if not distributed.lost_peer(error):
-            raise
-        raise TrainingInterrupted(
-            f"another process stopped answering for train.collective_timeout_s="
-            f"{config.train.collective_timeout_s:g} s (stalled, or dead: see its log); "
-            f"{latest_checkpoint_phrase(run)}; resume with train.resume=auto"
-        ) from None
+            _train(config, run, accelerator, signals, progress)
+    except BaseException as error:
+        lost_peer = isinstance(error, RuntimeError) and distributed.lost_peer(error)
+        if lost_peer:
+            error = TrainingInterrupted(
+                f"another process stopped answering for train.collective_timeout_s="
+                f"{config.train.collective_timeout_s:g} s (stalled, or dead: see its log); "
+                f"{latest_checkpoint_phrase(run)}; resume with train.resume=auto"
+            )
+        _leave_outcome(run, accelerator, Outcome.of_error(error, progress.step, LOWER_MEMORY_ADVICE))
+        if lost_peer:
+            raise error from None
+        raise
+    else:
+        _leave_outcome(run, accelerator, Outcome(Status.OK, step=progress.step))
     finally:
         lock.release()
     return run.path
 
 
-def _train(config: Config, run: RunDirectory, accelerator: Accelerator, signals: StopSignals) -> None:
+def _leave_outcome(run: RunDirectory, accelerator: Accelerator, outcome: Outcome) -> None:
+    """The run directory's outcome.json from the main process; another process writes its own only when it
+    failed otherwise (it may be the one that knows why the run stopped)."""
+    if accelerator.is_main_process:
+        write_outcome(run.outcome, outcome)
+    elif outcome.status is not Status.OK:
+        write_outcome(run.outcome.with_name(f"{run.outcome.name}.rank{accelerator.process_index}"), outcome)
+
+
+def _train(
+    config: Config,
+    run: RunDirectory,
+    accelerator: Accelerator,
+    signals: StopSignals,
+    progress: TrainingProgress,
+) -> None:
     set_seed(config.seed)  # before building the model, so the seed decides its initial weights
-    kind = build.data_kind(config, run)
+    kind = create_data_kind(config, run)
     dataset = kind.pretraining_dataset()
     data = kind.training_data(dataset, accelerator.device)
     loader, items = build.train_loader(config, data, accelerator.num_processes)
@@ -77,7 +100,7 @@ def _train(config: Config, run: RunDirectory, accelerator: Accelerator, signals:
     # without a per-process seed every process would crop and jitter its samples identically.
     set_seed(config.seed, device_specific=True)
     schedule = build.lr_schedule(config, len(loader), peak_lr)
-    progress = resume(accelerator, run, config)
+    resume(accelerator, run, config, progress)
     if accelerator.is_main_process:
         with writing(run.config):
             save_config(config, run.config)
@@ -151,69 +174,27 @@ def _train(config: Config, run: RunDirectory, accelerator: Accelerator, signals:
     save_checkpoint(accelerator, run, progress, objective, config, probe)
     if accelerator.is_main_process:
         with writing(run.encoder):
-            kind.save_encoder(encoder, run.encoder, step=progress.step)
+            save_run_encoder(kind, encoder, run.encoder, step=progress.step)
     log.finish(progress.step, config.views_per_sample)
 
 
-class OutOfMemory(Exception):
-    """The run could not allocate memory on its accelerator or on the host; the message says what to lower."""
-
-
-# Host allocation failures that PyTorch reports as a RuntimeError (Linux and macOS, Windows).
-HOST_OUT_OF_MEMORY_PHRASES = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
+# What a run short of memory can lower, named in its one-line error.
 LOWER_MEMORY_ADVICE = (
     "lower train.batch_size, set train.grad_cache_chunk to fewer samples than the batch (or lower it), "
     "lower data.image_size, or use train.mixed_precision=bf16 (or fp16)"
 )
 
 
-def out_of_memory(error: BaseException) -> OutOfMemory | None:
-    """`error` as an OutOfMemory when it is an allocation failure (CUDA or host memory), else None."""
-    if isinstance(error, torch.OutOfMemoryError):
-        where = "on the GPU"
-    elif isinstance(error, MemoryError) or (
-        isinstance(error, RuntimeError) and any(phrase in str(error) for phrase in HOST_OUT_OF_MEMORY_PHRASES)
-    ):
-        where = "on the host"
-    else:
-        return None
-    # PyTorch's own message (what it tried to allocate) is kept, on the same line as the advice.
-    detail = " ".join(str(error).split()) or type(error).__name__
-    return OutOfMemory(f"out of memory {where}: {LOWER_MEMORY_ADVICE} ({detail})")
-
-
-EXIT_CODES = (
-    (ConfigError, 2),  # fix the config, the data or the run directory, then rerun
-    (StorageFull, 2),  # free space, then resume
-    (TrainingDiverged, 3),  # change the hyperparameters, then resume from the last good checkpoint
-    (TrainingInterrupted, EXIT_INTERRUPTED),  # resume as it is
-    (OutOfMemory, 5),  # lower the memory a step needs, then rerun
-)
-# What `run` catches: the errors of EXIT_CODES, and those that may be an allocation failure.
-CAUGHT_ERRORS = (*(error_type for error_type, _ in EXIT_CODES), MemoryError, RuntimeError)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Pretrain from parsed arguments; the exit code: 0 done, 2 a bad config or input or a full disk,
-    3 the loss diverged, 4 stopped by a signal or a lost peer with the run resumable, 5 out of memory."""
-    stop_with_parent()
-    try:
-        pretrain(load_config(args.recipe, args.overrides))
-    except CAUGHT_ERRORS as error:
-        known = out_of_memory(error) or error
-        code = next((code for error_type, code in EXIT_CODES if isinstance(known, error_type)), None)
-        if code is None:  # a bug, not a condition the user can fix: keep its traceback
-            raise
-        print(f"error: {known}", file=sys.stderr, flush=True)
-        return code
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    from ssl_toolkit.cli import add_pretrain_arguments
-
+    """`python -m ssl_toolkit.pretrain RECIPE [section.key=value ...]`; the exit code is `ExitCode`'s: 0 done,
+    2 a bad config or input or a full disk, 3 the loss diverged, 4 stopped by a signal or a lost peer with the
+    run resumable, 5 out of memory."""
     parser = argparse.ArgumentParser(prog="ssl_toolkit.pretrain", description=__doc__)
-    return run(add_pretrain_arguments(parser).parse_args(argv))
+    args = add_recipe_arguments(parser).parse_args(argv)
+    stop_with_parent()
+    return run_entry_point(
+        lambda: pretrain(load_config(args.recipe, args.overrides)), memory_advice=LOWER_MEMORY_ADVICE
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ runs/NAME/
   pretrain.json            the finished pretraining: seconds, steps, epochs, samples and views per second
   checkpoints/step_*/      Accelerate state and progress.json (step, processes, every file's SHA-256),
                            resumable (`.tmp_*` while being written)
+  outcome.json             how the run ended: status, message, step (outcome.rank<N>.json: another
+                           process of the run that failed)
   encoder.safetensors      backbone + head weights, the spec to rebuild them and their preprocessing
   features/                evaluation's feature cache
   probe.json, knn.json     evaluation results (probe_sgd.json: the SGD linear probe on augmented images;
@@ -20,83 +22,12 @@ runs/NAME/
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import math
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+from ssl_toolkit.files import DirectoryLock, json_text, write_json, write_text_atomically, writing
 
 CHECKPOINT_PREFIX = "step_"
-
-
-NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-NEARLY_FULL_BYTES = 4 << 20  # less free space than this after a failed write: the write failed for want of it
-
-
-class StorageFull(OSError):
-    """A write failed because the disk (or the quota) is full; the message names what was being written."""
-
-
-def storage_full_error(path: str | Path, error: BaseException) -> StorageFull | None:
-    """A StorageFull naming `path` when `error` means no space was left, else None.
-
-    torch reports a full disk as "unexpected pos" or "iostream error", without the OS's words, so a failed
-    write on a file system with (next to) no free space counts as one too.
-    """
-    text = str(error)
-    full = getattr(error, "errno", None) in NO_SPACE_ERRNOS or "No space left" in text or "quota" in text
-    if not full:
-        existing = Path(path)
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        try:
-            full = shutil.disk_usage(existing).free < NEARLY_FULL_BYTES
-        except OSError:
-            full = False
-    return StorageFull(f"No space left on device writing {path}") if full else None
-
-
-@contextlib.contextmanager
-def writing(path: str | Path) -> Iterator[None]:
-    """Turn a full disk while writing `path` into StorageFull naming it; other errors pass unchanged."""
-    try:
-        yield
-    except StorageFull:
-        raise
-    except Exception as error:  # safetensors raises its own type; unrelated errors re-raise
-        full = storage_full_error(path, error)
-        if full is None:
-            raise
-        raise full from error
-
-
-def finite_or_null(value: Any) -> Any:
-    """`value` with every NaN or infinite float replaced by None, so that it is valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_null(item) for item in value]
-    return value
-
-
-def json_text(value: Any, indent: int | None = None) -> str:
-    """Strict JSON (no bare NaN or Infinity: they become null)."""
-    return json.dumps(finite_or_null(value), indent=indent, allow_nan=False)
-
-
-def write_json(path: str | Path, value: Any) -> None:
-    """Write `value` as strict JSON to `path`, atomically: a reader sees the old file or the new one."""
-    path = Path(path)
-    partial = path.with_name(f".tmp_{path.name}")
-    with writing(path):
-        partial.write_text(json_text(value, indent=2) + "\n")
-        os.replace(partial, path)
 
 
 class RunDirectory:
@@ -108,17 +39,26 @@ class RunDirectory:
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.path)!r})"
 
+    def config_overrides(self) -> list[str]:
+        """The config overrides that make a run write here (`run.output_dir`, `run.name`)."""
+        return [f"run.output_dir={self.path.parent}", f"run.name={self.path.name}"]
+
     @property
     def config(self) -> Path:
         return self.path / "config.yaml"
 
     @property
     def lock(self) -> Path:
-        return self.path / ".lock"
+        return self.path / DirectoryLock.FILE_NAME
 
     @property
     def resumes(self) -> Path:
         return self.path / "resumes.jsonl"
+
+    @property
+    def outcome(self) -> Path:
+        """How the run ended (the main process's account; see `ssl_toolkit.process.outcome`)."""
+        return self.path / "outcome.json"
 
     @property
     def metrics(self) -> Path:
@@ -194,10 +134,7 @@ class RunDirectory:
             for line in self.metrics.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= step
         ]
-        partial = self.metrics.with_name(f".tmp_{self.metrics.name}")
-        with writing(self.metrics):
-            partial.write_text("".join(f"{line}\n" for line in kept))
-            os.replace(partial, self.metrics)
+        write_text_atomically(self.metrics, "".join(f"{line}\n" for line in kept))
 
     def append_resume(self, record: dict) -> None:
         with writing(self.resumes), self.resumes.open("a") as handle:

@@ -11,6 +11,7 @@ import torch
 
 from ssl_toolkit.config import SECTIONS, Config, ConfigError, load_config, packaged_recipes
 from ssl_toolkit.config.schema import LOSS_OPTION_RANGES, RANGES, loss_option_range
+from ssl_toolkit.kinds import create_data_kind
 from ssl_toolkit.losses import LOSSES
 
 # (key, bad value, loss the override runs with, fragment the message must contain)
@@ -267,7 +268,7 @@ def test_sync_bn_on_cpu_processes_is_one_line_before_building():
     from ssl_toolkit import build
 
     config = tiny_config("/tmp", "sync", "model.sync_bn=true")
-    kind = build.data_kind(config)
+    kind = create_data_kind(config)
     with pytest.raises(
         ConfigError, match=r"model.sync_bn=true needs CUDA processes .* set model.sync_bn=false"
     ):

@@ -6,17 +6,17 @@ import pytest
 import torch
 from pretraining_runs import pretrain_tiny
 
-from ssl_toolkit import build
 from ssl_toolkit.config import load_config
-from ssl_toolkit.data import ImageTensorDataset
-from ssl_toolkit.data.subset import ImageSubset
+from ssl_toolkit.kinds import create_data_kind
 from ssl_toolkit.kinds.fraction import stratified_indices, stratum_size
+from ssl_toolkit.kinds.images.datasets import ImageTensorDataset
+from ssl_toolkit.kinds.images.datasets.subset import ImageSubset
 
 DIGITS_TRAIN, DIGITS_TEST = 1347, 450
 
 
 def _kind(*overrides):
-    return build.data_kind(load_config("quickstart", list(overrides)))
+    return create_data_kind(load_config("quickstart", list(overrides)))
 
 
 def _class_counts(targets: torch.Tensor) -> dict[int, int]:
@@ -127,8 +127,8 @@ def test_an_unreadable_image_is_replaced_by_the_next_item_of_the_subset():
 
 
 def test_a_tiny_run_pretrains_on_half_and_evaluates_on_all(tmp_path, capsys, monkeypatch):
-    from ssl_toolkit.eval import online
-    from ssl_toolkit.eval.knn_report import run_knn
+    from ssl_toolkit.eval.knn import run_knn
+    from ssl_toolkit.training import online_knn as online
 
     seen = {}
     real_init = online.OnlineKNN.__init__

@@ -14,11 +14,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ssl_toolkit.config import load_config
+from ssl_toolkit.encoder import Encoder, ProjectionHead
 from ssl_toolkit.encoder_file import load_encoder
-from ssl_toolkit.eval.knn_report import run_knn
+from ssl_toolkit.eval.knn import run_knn
 from ssl_toolkit.eval.probe import run_probe
 from ssl_toolkit.kinds import DATA_KINDS, DataKind, TrainingData
-from ssl_toolkit.models import Encoder, ProjectionHead
 from ssl_toolkit.run_dir import RunDirectory
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ssl_toolkit"
@@ -154,7 +154,12 @@ def _imports(path: Path) -> set[str]:
     return modules
 
 
-IMAGE_SPECIFIC = ("ssl_toolkit.augment", "ssl_toolkit.models", "ssl_toolkit.data", "ssl_toolkit.kinds.image")
+IMAGE_SPECIFIC = (
+    "ssl_toolkit.kinds.images.views",
+    "ssl_toolkit.kinds.images.backbones",
+    "ssl_toolkit.kinds.images.datasets",
+    "ssl_toolkit.kinds.images.kind",
+)
 IMAGE_LIBRARIES = ("torchvision", "timm", "kornia", "PIL")
 
 

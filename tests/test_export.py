@@ -18,7 +18,7 @@ from ssl_toolkit.cli import main
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.encoder_file import load_encoder, save_encoder
 from ssl_toolkit.export import export_encoder, loading_code
-from ssl_toolkit.models import EncoderSpec, create_encoder
+from ssl_toolkit.kinds.images.backbones import EncoderSpec, create_encoder
 from ssl_toolkit.run_dir import RunDirectory
 
 ATOL = 1e-5
@@ -275,7 +275,7 @@ def test_a_cifar_stem_is_refused_for_timm(tmp_path):
 
 
 def test_an_event_sequence_encoder_is_refused_with_what_to_use_instead(tmp_path):
-    from ssl_toolkit.sequences.encoders import SequenceEncoderSpec, create_sequence_encoder
+    from ssl_toolkit.kinds.sequences.encoders import SequenceEncoderSpec, create_sequence_encoder
 
     spec = SequenceEncoderSpec("gru", {"mcc": 5}, {"amount": [0.0, 1.0]}, backbone_args={"hidden_size": 8})
     run = RunDirectory(tmp_path / "events")

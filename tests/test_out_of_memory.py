@@ -11,9 +11,9 @@ import torch
 from pretraining_runs import QUICKSTART, TINY_RUN
 
 from ssl_toolkit.pretrain import main
+from ssl_toolkit.process.status import ExitCode
 from ssl_toolkit.training.objective import ContrastiveObjective
 
-EXIT_OUT_OF_MEMORY = 5
 WHAT_TO_LOWER = ("train.batch_size", "train.grad_cache_chunk", "data.image_size", "train.mixed_precision")
 
 ALLOCATION_FAILURES = {
@@ -40,7 +40,7 @@ def test_an_allocation_failure_in_the_step_exits_5_with_one_line(failure, tmp_pa
         raise ALLOCATION_FAILURES[failure]
 
     monkeypatch.setattr(ContrastiveObjective, "forward", fail)
-    assert _pretrain(tmp_path, failure) == EXIT_OUT_OF_MEMORY
+    assert _pretrain(tmp_path, failure) == ExitCode.OUT_OF_MEMORY
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith(
@@ -65,6 +65,7 @@ LIMITED_PRETRAINING = textwrap.dedent(
     """
     import resource, sys
     from ssl_toolkit.pretrain import main
+from ssl_toolkit.process.status import ExitCode
 
     with open("/proc/self/status") as status:
         mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
@@ -82,7 +83,7 @@ def test_a_real_host_allocation_failure_exits_5(tmp_path):
         f"run.output_dir={tmp_path}", "run.name=limited",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert result.returncode == EXIT_OUT_OF_MEMORY, result.stderr[-3000:]
+    assert result.returncode == ExitCode.OUT_OF_MEMORY, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: out of memory on the host: "), result.stderr
     assert "DefaultCPUAllocator" in lines[0]

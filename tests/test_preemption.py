@@ -15,8 +15,9 @@ import torch
 from pretraining_runs import QUICKSTART, REPO, TINY_RUN, records
 from safetensors.torch import load_file
 
+from ssl_toolkit.process.status import ExitCode
 from ssl_toolkit.run_dir import RunDirectory
-from ssl_toolkit.training.stop_signals import EXIT_INTERRUPTED, REPEAT_AFTER_S
+from ssl_toolkit.training.stop_signals import REPEAT_AFTER_S
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +100,7 @@ def test_a_signal_stops_one_process_with_a_checkpoint_and_the_resume_is_exact(
     process = _start(PYTHON, tmp_path, "stopped")
     _wait_for_step(process, run, 3)
     process.send_signal(stop)
-    assert process.wait(timeout=120) == EXIT_INTERRUPTED
+    assert process.wait(timeout=120) == ExitCode.INTERRUPTED
     output = (tmp_path / "stopped.log").read_text()
     assert f"{stop.name} received" in output and "stopped by a signal after step" in output
     (checkpoint,) = run.checkpoint_dirs()

@@ -11,10 +11,11 @@ from accelerate import Accelerator
 from pretraining_runs import QUICKSTART, logged_losses, pretrain_tiny, records, tiny_config
 from safetensors.torch import load_file
 
+from ssl_toolkit import pretrain as pretrain_module
 from ssl_toolkit.config import LossSection, load_config, to_dict
 from ssl_toolkit.encoder_file import load_encoder
+from ssl_toolkit.kinds.images.backbones import create_encoder
 from ssl_toolkit.losses import create_loss
-from ssl_toolkit.models import create_encoder
 from ssl_toolkit.optim import create_optimizer
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training import objective as objective_module
@@ -259,10 +260,21 @@ def test_bf16_is_named_as_slow_only_on_a_cpu_that_emulates_it(
         assert warning.endswith("train.mixed_precision=no trains faster on this machine")
 
 
+class FirstStepReached(Exception):
+    """Raised in place of the first training step."""
+
+
 def test_a_bf16_run_on_such_a_cpu_prints_the_warning_before_it_trains(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    pretrain_tiny(tmp_path, "bf16", "train.max_steps=1", "train.mixed_precision=bf16")
+
+    def first_step(*args):
+        raise FirstStepReached
+
+    # No bf16 step runs: the warning is printed before the first one (whose numerics are the CPU's).
+    monkeypatch.setattr(pretrain_module, "train_step", lambda *args: first_step)
+    with pytest.raises(FirstStepReached):
+        pretrain_tiny(tmp_path, "bf16", "train.max_steps=1", "train.mixed_precision=bf16")
     out = capsys.readouterr().out
     warning = out.index("warning: train.mixed_precision=bf16 on a CPU without AVX512-BF16 or AMX")
     assert warning < out.index("pretraining ")

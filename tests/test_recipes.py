@@ -15,8 +15,8 @@ from pretraining_runs import REPO, pretrain_tiny, records
 from torch import nn
 
 from ssl_toolkit.config import load_config
-from ssl_toolkit.data import DATASETS
-from ssl_toolkit.kinds import SequenceKind
+from ssl_toolkit.kinds import SequenceKind, create_data_kind
+from ssl_toolkit.kinds.images.datasets import DATASETS
 from ssl_toolkit.losses import NTXentLoss, create_loss
 from ssl_toolkit.optim import scale_lr
 from ssl_toolkit.run_dir import RunDirectory
@@ -244,9 +244,8 @@ def test_readme_launch_commands_use_shipped_files_and_valid_overrides():
 
 def test_the_quickstart_checkpoints_before_its_last_step():
     config = load_config(RECIPE_DIR / "quickstart.yaml")
-    from ssl_toolkit import build
 
-    steps_per_epoch = len(build.data_kind(config).pretraining_dataset()) // config.train.batch_size
+    steps_per_epoch = len(create_data_kind(config).pretraining_dataset()) // config.train.batch_size
     total_steps = config.train.epochs * steps_per_epoch
     assert config.train.checkpoint_every < total_steps, "a crash would lose the whole run"
     assert total_steps // config.train.checkpoint_every >= 4

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from ssl_toolkit.run_dir import RunDirectory, json_text, write_json
+from ssl_toolkit.files import json_text, write_json
+from ssl_toolkit.run_dir import RunDirectory
 
 
 def _strict(text: str):

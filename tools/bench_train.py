@@ -37,9 +37,9 @@ def _worker(args: argparse.Namespace) -> dict:
     import torch
     from torch import nn
 
-    from ssl_toolkit.augment import BatchViews, preset_views
+    from ssl_toolkit.kinds.images.backbones import EncoderSpec, create_encoder
+    from ssl_toolkit.kinds.images.views import BatchViews, preset_views
     from ssl_toolkit.losses import NTXentLoss
-    from ssl_toolkit.models import EncoderSpec, create_encoder
 
     torch.manual_seed(0)
     device = torch.device(args.device)

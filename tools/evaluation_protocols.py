@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from ssl_toolkit.run_dir import RunDirectory, write_json
+from ssl_toolkit.files import write_json
+from ssl_toolkit.run_dir import RunDirectory
 
 
 def _timed(command: list[str]) -> float:

@@ -455,7 +455,7 @@ def augmentation(report: Report, scale: Scale, args: argparse.Namespace) -> None
     from bench_augment import photo_like_images
     from torch.utils.data import DataLoader, Dataset
 
-    from ssl_toolkit.augment import BatchViews, PerImageViews, preset_views
+    from ssl_toolkit.kinds.images.views import BatchViews, PerImageViews, preset_views
 
     _require("kornia")
     device = _device()
@@ -524,9 +524,9 @@ def _step_pair(scale: Scale, backbone: str, image_size: int, cifar_stem: bool, i
     from accelerate import Accelerator
     from torch import nn
 
-    from ssl_toolkit.augment import BatchViews, preset_views
+    from ssl_toolkit.kinds.images.backbones import EncoderSpec, create_encoder
+    from ssl_toolkit.kinds.images.views import BatchViews, preset_views
     from ssl_toolkit.losses import NTXentLoss
-    from ssl_toolkit.models import EncoderSpec, create_encoder
     from ssl_toolkit.training.objective import ContrastiveObjective, plain_step
 
     accelerator = Accelerator(mixed_precision=scale.precision)
@@ -634,9 +634,9 @@ def _gradient_check(scale: Scale, report: Report) -> None:
     generator of the views' device; and a control without the replay, which must differ."""
     import torch
 
-    from ssl_toolkit import grad_cache
+    from ssl_toolkit.kinds.images.backbones import EncoderSpec, create_encoder
     from ssl_toolkit.losses import NTXentLoss
-    from ssl_toolkit.models import EncoderSpec, create_encoder
+    from ssl_toolkit.training import grad_cache
     from ssl_toolkit.training.objective import ContrastiveObjective
 
     device = _device()
@@ -713,9 +713,9 @@ def grad_cache(report: Report, scale: Scale, args: argparse.Namespace) -> None:
     import torch
     from accelerate import Accelerator
 
-    from ssl_toolkit.augment import BatchViews, preset_views
+    from ssl_toolkit.kinds.images.backbones import EncoderSpec, create_encoder
+    from ssl_toolkit.kinds.images.views import BatchViews, preset_views
     from ssl_toolkit.losses import NTXentLoss
-    from ssl_toolkit.models import EncoderSpec, create_encoder
     from ssl_toolkit.training.objective import ContrastiveObjective, grad_cached_step, plain_step
 
     _gradient_check(scale, report)

@@ -30,8 +30,10 @@ from torchvision.transforms.v2.functional import to_pil_image
 
 from ssl_toolkit import build
 from ssl_toolkit.config import load_config, save_config
-from ssl_toolkit.eval.knn_report import run_knn
+from ssl_toolkit.encoder_file import save_run_encoder
+from ssl_toolkit.eval.knn import run_knn
 from ssl_toolkit.eval.probe import run_probe
+from ssl_toolkit.kinds import create_data_kind
 from ssl_toolkit.optim import warmup_cosine_lr
 from ssl_toolkit.run_dir import RunDirectory
 
@@ -68,7 +70,7 @@ def main() -> None:
     run.path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
-    kind = build.data_kind(config)
+    kind = create_data_kind(config)
     dataset = kind.pretraining_dataset()
     # The recipe's views as pretraining resolves them, handed to lightly's transform parameter by parameter.
     views = kind.view_params()
@@ -132,7 +134,7 @@ def main() -> None:
     seconds = time.perf_counter() - started
 
     save_config(config, run.config)
-    kind.save_encoder(encoder, run.encoder, step=steps)
+    save_run_encoder(kind, encoder, run.encoder, step=steps)
     probe = run_probe(run.path)
     knn = run_knn(run.path)
     row = {

@@ -89,6 +89,7 @@ def _config(hidden: int, batch: int, epochs: int, output_dir: Path, loss: list[s
 
 def _downstream(train, test, num_classes: int, seed: int) -> dict:
     from ssl_toolkit.eval.downstream import evaluate_boosting
+
     from ssl_toolkit.eval.linear_probe import evaluate_linear_probe
 
     linear = evaluate_linear_probe(train, test, num_classes, seed=seed, weight_decay=PROBE_WEIGHT_DECAY)
@@ -175,12 +176,12 @@ def run_ptls(configuration: str, hidden: int, batch: int, epochs: int, seed: int
     from ptls.frames.coles.split_strategy import SampleSlices
     from ptls.nn import RnnSeqEncoder, TrxEncoder
 
-    from ssl_toolkit import build
+    from ssl_toolkit.kinds import create_data_kind
 
     pl.seed_everything(seed, verbose=False)
     with tempfile.TemporaryDirectory() as output:
         config = _config(hidden, batch, epochs, Path(output), [f"seed={seed}"])
-    kind = build.data_kind(config)
+    kind = create_data_kind(config)
     train_records, train_targets = _clients_as_feature_dicts(kind.evaluation_dataset("train"))
     test_records, test_targets = _clients_as_feature_dicts(kind.evaluation_dataset("test"))
     codes = int(max(int(r["event_type"].max()) for r in train_records + test_records)) + 1

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torchvision.io import write_png
 
-from ssl_toolkit import build
-from ssl_toolkit.augment import BatchViews, PerImageViews, eval_transform, view_grid
 from ssl_toolkit.config import ConfigError, load_config
+from ssl_toolkit.kinds import create_data_kind
+from ssl_toolkit.kinds.images.views import BatchViews, PerImageViews, eval_transform, view_grid
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         config = load_config(args.recipe, args.overrides)
-        kind = build.data_kind(config)
+        kind = create_data_kind(config)
         dataset = kind.pretraining_dataset()
         views = kind.view_params()
     except ConfigError as error:

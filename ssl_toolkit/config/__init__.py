@@ -5,6 +5,7 @@ below it receives explicit arguments, never the config.
 """
 
 from ssl_toolkit.config.parse import (
+    add_recipe_arguments,
     config_from_dict,
     load_config,
     packaged_recipes,
@@ -41,6 +42,7 @@ __all__ = [
     "OptimSection",
     "RunSection",
     "TrainSection",
+    "add_recipe_arguments",
     "config_from_dict",
     "load_config",
     "packaged_recipes",

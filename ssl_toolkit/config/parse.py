@@ -6,6 +6,7 @@ the schema's annotation and every key against the schema; the result is validate
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.resources
 import inspect
@@ -99,12 +100,14 @@ def _loss_class(name: str) -> type:
         raise ConfigError(f"loss.name={name!r}: {error}") from None
 
 
-def _validate_loss(section: LossSection) -> None:
-    """Each option is an argument of the loss's constructor, of its type and in its range."""
-    from ssl_toolkit.losses import ALIASES
+def _validate_loss(section: LossSection) -> type:
+    """Each option is an argument of the loss's constructor, of its type and in its range; returns the
+    loss's class."""
+    from ssl_toolkit.losses import registered_name
 
-    name = ALIASES.get(section.name, section.name)
-    constructor = _loss_class(section.name).__init__
+    loss_class = _loss_class(section.name)
+    name = registered_name(section.name)
+    constructor = loss_class.__init__
     valid = [p for p in inspect.signature(constructor).parameters if p != "self"]
     hints = typing.get_type_hints(constructor)
     for key, value in list(section.options.items()):
@@ -117,6 +120,7 @@ def _validate_loss(section: LossSection) -> None:
         valid_range = loss_option_range(name, key)
         if valid_range is not None:
             valid_range.check(f"loss.{key}", section.options[key])
+    return loss_class
 
 
 def config_keys() -> list[str]:
@@ -269,10 +273,17 @@ def load_config(
         key, value = parse_override(text)
         _apply(config, key, value, source="command-line overrides")
     if complete:
-        _validate_loss(config.loss)
+        loss_class = _validate_loss(config.loss)
         _validate_resume_allow(config.train.resume_allow)
-        validate(config)
+        validate(config, loss_needs_class_labels=getattr(loss_class, "needs_class_labels", False))
     return config
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A recipe and its overrides as command-line arguments (`pretrain`'s, and a study cell's command)."""
+    parser.add_argument("recipe", help="YAML recipe or packaged recipe name, e.g. quickstart")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.batch_size=64")
+    return parser
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -13,9 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssl_toolkit.process.status import RunFailure, Status
 
-class ConfigError(ValueError):
-    """A recipe or an override that cannot be used as given; the message says how to fix it."""
+
+class ConfigError(ValueError, RunFailure):
+    """A recipe, an override, a dataset or a run directory that cannot be used as given; the message says
+    how to fix it."""
+
+    status = Status.BAD_INPUT
 
 
 @dataclass
@@ -304,8 +309,9 @@ def value_of(config: Config, dotted_key: str) -> Any:
     return getattr(getattr(config, section), key)
 
 
-def validate(config: Config) -> None:
-    """Every rule that needs only the config; raises ConfigError naming the key and the fix."""
+def validate(config: Config, *, loss_needs_class_labels: bool) -> None:
+    """Every rule that needs only the config (and whether its loss classifies against class weights, which
+    its class says); raises ConfigError naming the key and the fix."""
     for key, valid in RANGES.items():
         valid.check(key, value_of(config, key))
     name = config.run.name
@@ -320,17 +326,14 @@ def validate(config: Config) -> None:
             f"augment.cnt_max={config.augment.cnt_max}: the shortest slice of a sequence cannot be longer "
             "than the longest"
         )
-    _validate_loss_and_views(config)
+    _validate_loss_and_views(config, loss_needs_class_labels)
 
 
-# The losses that classify each embedding against learnable class weights: they need class labels, and
-# a single sample is a batch for them. Their classes have `needs_class_labels` (a test keeps the two agreed).
-CLASS_WEIGHT_LOSSES = ("arcface", "cross_entropy")
-
-
-def _validate_loss_and_views(config: Config) -> None:
+def _validate_loss_and_views(config: Config, class_weights: bool) -> None:
+    """`class_weights`: the loss classifies each embedding against learnable class weights (its class has
+    `needs_class_labels`), so it needs class labels and a single sample is a batch for it."""
     loss = config.loss
-    if loss.name in CLASS_WEIGHT_LOSSES and not loss.supervised:
+    if class_weights and not loss.supervised:
         raise ConfigError(f"loss.name={loss.name} needs class labels: set loss.supervised=true")
     if loss.name == "ntxent":
         if loss.supervised:
@@ -343,10 +346,10 @@ def _validate_loss_and_views(config: Config) -> None:
                 "(augment.n_views or augment.split_count, + augment.small_crops); use loss.name=supcon, "
                 "which with one label per sample is NT-Xent over any number of views"
             )
-    if loss.name not in CLASS_WEIGHT_LOSSES and config.train.batch_size < 2:
+    if not class_weights and config.train.batch_size < 2:
         raise ConfigError(
             f"train.batch_size={config.train.batch_size} must be at least 2 for loss.name={loss.name}: "
             "a contrastive loss needs the other samples of the batch as negatives (only "
-            f"loss.name={' or '.join(CLASS_WEIGHT_LOSSES)}, which compare with class weights, train on "
+            "the losses that compare with class weights, loss.name=arcface or cross_entropy, train on "
             "single samples)"
         )

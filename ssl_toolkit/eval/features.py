@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_toolkit.encoder_file import write_safetensors
+from ssl_toolkit.files import write_safetensors
 
 print_to_stderr = functools.partial(print, file=sys.stderr)
 
@@ -33,9 +33,9 @@ def extract_features_and_readable(
     """Features (N, D), targets (N,) and whether each item was readable (N,) (bool), on the CPU, in order.
 
     Items are `(input, target)`, or `(input, target, readable)` where an item's input may be a stand-in
-    (see `ssl_toolkit.data.image_dataset.EvaluationItems`). With an `accelerator`, each process embeds its
-    share under its autocast, and `gather_for_metrics` reassembles features, targets and readability
-    together and drops the padding that evens out the last batch. Without one, this process embeds
+    (as the image kind's evaluation items are for an unreadable file). With an `accelerator`, each
+    process embeds its share under its autocast, and `gather_for_metrics` reassembles features, targets and
+    readability together and drops the padding that evens out the last batch. Without one, this process embeds
     everything on `device` (default: the CPU). `collate_fn` batches items that torch's default collation
     cannot (the data kind's, e.g. padded event sequences).
     """

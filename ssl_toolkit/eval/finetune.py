@@ -12,21 +12,10 @@ import json
 from pathlib import Path
 
 from ssl_toolkit.config import ConfigError
+from ssl_toolkit.eval.classifier_training import ClassifierSchedule, labelled_train_indices, train_classifier
+from ssl_toolkit.eval.defaults import FINETUNE_LR, finetune_epochs
 from ssl_toolkit.eval.run import EvaluationRun, open_run
-from ssl_toolkit.eval.supervised import (
-    SupervisedSchedule,
-    check_images,
-    labelled_train_indices,
-    train_classifier,
-)
-from ssl_toolkit.run_dir import write_json
-
-FINETUNE_LR = 0.05
-
-
-def default_epochs(label_fraction: float) -> int:
-    """SimCLR's: 60 epochs of 1% of the labels (or fewer), 30 of more."""
-    return 60 if label_fraction <= 0.01 else 30
+from ssl_toolkit.files import write_json
 
 
 def run_finetune(
@@ -34,23 +23,24 @@ def run_finetune(
     overrides: list[str] | tuple[str, ...] = (),
     *,
     label_fraction: float,
-    schedule: SupervisedSchedule | None = None,
+    schedule: ClassifierSchedule | None = None,
     batch_size: int = 256,
 ) -> dict | None:
     """Fine-tune the run's backbone on `label_fraction` of the labelled train images; returns the result
     (main process; None on the others) and adds it to finetune.json under the fraction, beside the results
     of other fractions.
 
-    `schedule` defaults to SimCLR's for the fraction (`default_epochs`, lr 0.05 at batch 256).
+    `schedule` defaults to SimCLR's for the fraction (`finetune_epochs`, lr 0.05 at batch 256).
     """
     if not 0 < label_fraction <= 1:
         raise ConfigError(f"--label-fraction {label_fraction} must be in (0, 1], e.g. 0.01 or 0.1")
-    schedule = schedule or SupervisedSchedule(epochs=default_epochs(label_fraction), lr=FINETUNE_LR)
+    schedule = schedule or ClassifierSchedule(epochs=finetune_epochs(label_fraction), lr=FINETUNE_LR)
     schedule.check()
     run = open_run(run_dir, overrides, batch_size=batch_size)
-    check_images(run, "finetune")
     indices = labelled_train_indices(run, label_fraction)
-    report = train_classifier(run, indices, schedule, fine_tune=True, seed=run.config.seed)
+    report = train_classifier(
+        run, indices, schedule, fine_tune=True, seed=run.config.seed, command="finetune"
+    )
     if report is None:
         return None
     result = {

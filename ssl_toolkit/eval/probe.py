@@ -1,30 +1,31 @@
-"""`ssl-toolkit probe RUN_DIR`: a downstream classifier on a pretraining run's frozen encoder → probe.json
-(the linear probe fitted by L-BFGS on frozen features), probe_sgd.json (the linear probe trained by SGD on
-augmented images) or probe_boosting.json (gradient boosting)."""
+"""`ssl-toolkit probe RUN_DIR`: a downstream classifier on a run's frozen features → probe.json (the linear
+probe fitted by L-BFGS) or probe_boosting.json (gradient boosting), optionally with baselines and the mean ±
+std over stratified folds of the train split; `--protocol sgd` hands over to `sgd_probe`."""
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from sklearn.model_selection import StratifiedKFold
 
 from ssl_toolkit.config import ConfigError
-from ssl_toolkit.eval.downstream import MODELS, check_folds, cross_validate, downstream_evaluator
+from ssl_toolkit.eval.boosting import Split, evaluate_boosting
+from ssl_toolkit.eval.classifier_training import ClassifierSchedule
+from ssl_toolkit.eval.linear_probe import evaluate_linear_probe
 from ssl_toolkit.eval.rankme import rankme, rankme_warning
 from ssl_toolkit.eval.run import FEATURES, RANDOM_INIT, EvaluationRun, open_run
-from ssl_toolkit.eval.supervised import (
-    SupervisedSchedule,
-    check_images,
-    labelled_train_indices,
-    train_classifier,
-)
-from ssl_toolkit.run_dir import write_json
+from ssl_toolkit.eval.sgd_probe import SGD_PROBE_SCHEDULE, SUMMARY_KEYS, check_sgd_options, run_sgd_probe
+from ssl_toolkit.files import write_json
 
 FEATURE_CHOICES = (*FEATURES, "both")
 PROTOCOLS = ("lbfgs", "sgd")  # the linear probe's: on frozen features, or trained on augmented images
-SUMMARY_KEYS = ("top1", "top5", "auroc", "features", "rankme")
-SGD_PROBE_SCHEDULE = SupervisedSchedule(epochs=100, lr=0.1)  # SimCLR's and solo-learn's linear evaluation
+MODELS = ("linear", "boosting")
+FOLD_METRICS = ("top1", "auroc")
 
 
 def run_probe(
@@ -38,7 +39,7 @@ def run_probe(
     model: str = "linear",
     folds: int | None = None,
     protocol: str = "lbfgs",
-    schedule: SupervisedSchedule = SGD_PROBE_SCHEDULE,
+    schedule: ClassifierSchedule = SGD_PROBE_SCHEDULE,
 ) -> dict | None:
     """Probe the run's frozen encoder on its dataset; writes the result file and returns its contents.
 
@@ -66,7 +67,8 @@ def run_probe(
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol {protocol!r} is not one of: {', '.join(PROTOCOLS)}")
     if protocol == "sgd":
-        return _sgd_probe(run_dir, overrides, features, baselines, model, folds, batch_size, schedule)
+        check_sgd_options(features=features, model=model, baselines=baselines, folds=folds)
+        return run_sgd_probe(run_dir, overrides, batch_size=batch_size, schedule=schedule)
     if weight_decay is not None and not weight_decay >= 0:
         raise ConfigError(f"--weight-decay {weight_decay} must be a number ≥ 0, e.g. 1e-4")
     if weight_decay is not None and model != "linear":
@@ -136,40 +138,46 @@ def run_probe(
     return result
 
 
-def _sgd_probe(
-    run_dir: str | Path | EvaluationRun,
-    overrides: list[str] | tuple[str, ...],
-    features: str,
-    baselines: bool,
-    model: str,
-    folds: int | None,
-    batch_size: int,
-    schedule: SupervisedSchedule,
-) -> dict | None:
-    """The linear probe trained by SGD on augmented training images over the frozen backbone."""
-    unsupported = {
-        "--features": (features, "backbone"),
-        "--model": (model, "linear"),
-        "--baselines": (baselines, False),
-        "--folds": (folds, None),
-    }
-    for option, (value, allowed) in unsupported.items():
-        if value != allowed:
-            raise ConfigError(
-                f"{option} {value} does not go with --protocol sgd (the linear probe on h, trained on "
-                "augmented images); leave it out, or use --protocol lbfgs"
-            )
-    schedule.check()
-    run = open_run(run_dir, overrides, batch_size=batch_size)
-    check_images(run, "--protocol sgd")
-    report = train_classifier(
-        run, labelled_train_indices(run), schedule, fine_tune=False, seed=run.config.seed
-    )
-    if report is None:
-        return None
-    result = {**report, "model": "linear", "protocol": "sgd", "features": "backbone", "classes": run.classes}
-    result_file = run.directory.probe_result("linear", "sgd")
-    write_json(result_file, result)
-    prefix = result_file.stem  # W&B keys: probe_sgd/top1
-    run.publish({f"{prefix}/{key}": result[key] for key in SUMMARY_KEYS if key in result})
-    return result
+def downstream_evaluator(
+    model: str, num_classes: int, *, seed: int, device=None, weight_decay: float | None = None
+) -> Callable[[Split, Split], dict]:
+    """`(train, test) → report` of the downstream `model` (one of MODELS)."""
+    if model == "linear":
+        return lambda train, test: evaluate_linear_probe(
+            train, test, num_classes, seed=seed, device=device, weight_decay=weight_decay
+        )
+    if model == "boosting":
+        return lambda train, test: evaluate_boosting(train, test, num_classes, seed=seed)
+    raise ConfigError(f"--model {model!r} is not one of: {', '.join(MODELS)}")
+
+
+def check_folds(folds: int | None, targets: torch.Tensor) -> None:
+    """`folds` must be ≥ 2 and no more than the items of the largest class (stratification needs them)."""
+    if folds is None:
+        return
+    largest = int(torch.bincount(targets[targets >= 0]).max()) if len(targets) else 0
+    if folds < 2 or folds > largest:
+        raise ConfigError(
+            f"--folds {folds} must be between 2 and {largest} (the train items of the largest class), "
+            "e.g. --folds 5"
+        )
+
+
+def cross_validate(evaluate: Callable[[Split, Split], dict], train: Split, folds: int, *, seed: int) -> dict:
+    """Mean ± std (sample, ddof=1) of top-1 and AUROC over `folds` stratified, seeded folds of `train`:
+    each fold is scored by the model fitted on the others."""
+    features, targets = train
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    per_fold = []
+    for fit, held_out in splitter.split(np.zeros(len(targets)), targets.cpu().numpy()):
+        fit, held_out = torch.from_numpy(fit), torch.from_numpy(held_out)
+        report = evaluate((features[fit], targets[fit]), (features[held_out], targets[held_out]))
+        per_fold.append({metric: report[metric] for metric in FOLD_METRICS})
+    summary: dict = {"folds": folds}
+    for metric in FOLD_METRICS:
+        values = [fold[metric] for fold in per_fold]
+        finite = [value for value in values if value == value]  # AUROC is NaN for a one-class fold
+        summary[f"{metric}_mean"] = statistics.fmean(finite) if finite else float("nan")
+        summary[f"{metric}_std"] = statistics.stdev(finite) if len(finite) >= 2 else float("nan")
+    summary["per_fold"] = per_fold
+    return summary

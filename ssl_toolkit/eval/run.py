@@ -9,12 +9,14 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from torch import nn
 
-from ssl_toolkit import build, tracking
+from ssl_toolkit import distributed, tracking
 from ssl_toolkit.config import Config, ConfigError, load_config
 from ssl_toolkit.encoder_file import FEATURES, EncoderFileError, load_encoder
 from ssl_toolkit.eval.features import FeatureCache, extract_features_and_readable
+from ssl_toolkit.kinds import create_data_kind
 from ssl_toolkit.run_dir import RunDirectory
 
 SPLITS = ("train", "test")
@@ -54,8 +56,11 @@ class EvaluationRun:
         except (FileNotFoundError, EncoderFileError) as error:
             raise ConfigError(str(error)) from None
         self.encoder, self.spec = self.trained.encoder, self.trained.spec
-        self.kind = build.data_kind(self.config, preprocessing=self.trained.preprocessing)
-        self.accelerator = build.evaluation_accelerator(self.config)
+        self.kind = create_data_kind(self.config, preprocessing=self.trained.preprocessing)
+        # The run's precision, no trackers: evaluation adds to a finished run's dashboards (`publish`).
+        self.accelerator = Accelerator(
+            cpu=distributed.launched_on_cpu_processes(), mixed_precision=self.config.train.mixed_precision
+        )
         self.train_set = self.kind.evaluation_dataset("train")
         self.test_set = self.kind.evaluation_dataset("test")
         self.cache = FeatureCache(self.directory.features, report=self.report)

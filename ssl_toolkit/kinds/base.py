@@ -12,7 +12,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -20,7 +19,6 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from ssl_toolkit.config import Config, ConfigError
-from ssl_toolkit.encoder_file import save_encoder
 from ssl_toolkit.kinds.fraction import TargetedSubset, stratified_indices
 from ssl_toolkit.run_dir import RunDirectory
 
@@ -145,19 +143,6 @@ class DataKind(ABC):
         except ValueError as error:
             raise ConfigError(str(error)) from None
 
-    def save_encoder(self, encoder: nn.Module, path: Path, **extra) -> None:
-        """Write `encoder` with this kind's spec and preprocessing, the dataset and `extra` (e.g. step)."""
-        preprocessing = self.preprocessing()
-        data = {"name": self.config.data.name, **preprocessing}
-        save_encoder(
-            encoder,
-            path,
-            spec=self.encoder_spec(),
-            kind=self.name,
-            preprocessing=preprocessing,
-            extra={**extra, "data": data},
-        )
-
     # -- evaluation ---------------------------------------------------------------------------------------
     def preprocessing(self) -> dict:
         """What turns raw inputs into the encoder's inputs at evaluation (e.g. size, mean, std)."""
@@ -181,6 +166,12 @@ class DataKind(ABC):
     def evaluation_collate(self, items: list) -> Any:
         """A batch of evaluation items `(input, target, readable)` as the encoder and the loop take it."""
         return default_collate(items)
+
+    def classifier_training_dataset(self, split: str, min_scale: float) -> Dataset | None:
+        """`split` as random resized crops (area from `min_scale` to 1) and flips, items `(input, target)`,
+        for the protocols that train a classifier on augmented samples (the SGD probe, fine-tuning); None
+        where this kind has no such augmentation."""
+        return None
 
     def baseline_features(self, inputs: torch.Tensor) -> torch.Tensor:
         """Features (B, F) of a batch of evaluation inputs without any encoder, for the raw baseline."""
@@ -208,6 +199,13 @@ def data_kind_class(data_name: str) -> type[DataKind]:
             return kind
     known = sorted(name for kind in DATA_KINDS.values() for name in kind.dataset_names())
     raise ConfigError(f"data.name={data_name!r} is not a known dataset; valid names: {', '.join(known)}")
+
+
+def create_data_kind(
+    config: Config, run: RunDirectory | None = None, preprocessing: dict | None = None
+) -> DataKind:
+    """The data kind that reads `data.name` (see `DataKind` for `run` and `preprocessing`)."""
+    return data_kind_class(config.data.name)(config, run, preprocessing)
 
 
 def kind_by_name(name: str) -> type[DataKind]:

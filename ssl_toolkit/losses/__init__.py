@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from ssl_toolkit.losses.arcface import ArcFaceLoss
-from ssl_toolkit.losses.coles import ColesLoss, SoftmaxLoss
+from ssl_toolkit.losses.coles import ColesLoss
 from ssl_toolkit.losses.contrastive import ContrastiveLoss
 from ssl_toolkit.losses.cross_entropy import CrossEntropyLoss
 from ssl_toolkit.losses.ntxent import NTXentLoss
@@ -30,14 +30,19 @@ LOSSES: dict[str, type[nn.Module]] = {
     "arcface": ArcFaceLoss,
     "cross_entropy": CrossEntropyLoss,
 }
-ALIASES = {"softmax": "coles"}  # CoLES calls its loss the softmax loss
+_ALIASES = {"softmax": "coles"}  # CoLES calls its loss the softmax loss; recipes may too
+
+
+def registered_name(name: str) -> str:
+    """The name `name` is registered under (itself, or what its alias stands for)."""
+    return _ALIASES.get(name, name)
 
 
 def loss_class(name: str) -> type[nn.Module]:
     """The loss class registered as `name` (or an alias of it)."""
-    resolved = ALIASES.get(name, name)
+    resolved = registered_name(name)
     if resolved not in LOSSES:
-        valid = ", ".join(sorted([*LOSSES, *ALIASES]))
+        valid = ", ".join(sorted([*LOSSES, *_ALIASES]))
         raise ValueError(f"unknown loss {name!r}; valid names: {valid}")
     return LOSSES[resolved]
 
@@ -48,7 +53,6 @@ def create_loss(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
-    "ALIASES",
     "LOSSES",
     "ArcFaceLoss",
     "ColesLoss",
@@ -56,11 +60,11 @@ __all__ = [
     "CrossEntropyLoss",
     "NTXentLoss",
     "SigmoidLoss",
-    "SoftmaxLoss",
     "SupConLoss",
     "TripletLoss",
     "create_loss",
     "loss_class",
     "loss_over_views",
+    "registered_name",
     "sample_ids",
 ]

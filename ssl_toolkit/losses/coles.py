@@ -99,6 +99,3 @@ class ColesLoss(LabelLoss):
         # Every anchor is a candidate, so its class is counted once too many.
         count = (class_count[torch.searchsorted(classes, batch.anchor_labels)] - 1).sum()
         return blockwise_sum(_coles_kernel, batch, temperature=self.temperature), count
-
-
-SoftmaxLoss = ColesLoss  # the name CoLES gives it

@@ -3,32 +3,29 @@
 
 A study resumes: the (cell, seed) pairs already in results.jsonl are not run again, and every run is started
 with `train.resume=auto`, so one killed mid-way continues from its last checkpoint. A run that fails is
-recorded with its status (`out_of_memory`, `diverged`, `error`) and never stops the study.
+recorded with its status (`out_of_memory`, `diverged`, `error`), read from the outcome file its process
+leaves (`ssl_toolkit.process`), and never stops the study; one stopped by a signal stops the study.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import resource
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 from ssl_toolkit.config import ConfigError
-from ssl_toolkit.run_dir import RunDirectory, json_text
-from ssl_toolkit.study.report import read_results
+from ssl_toolkit.files import DirectoryLock, json_text
+from ssl_toolkit.process.launch import AccelerateLaunch, Command, InProcess, Launcher, Subprocess
+from ssl_toolkit.process.status import RunFailure, Status
+from ssl_toolkit.run_dir import RunDirectory
+from ssl_toolkit.study.report import publish_study_reports, read_results, write_reports
 from ssl_toolkit.study.spec import Cell, Study, run_name
-from ssl_toolkit.training.run_claim import RunLock
-from ssl_toolkit.training.stop_signals import EXIT_INTERRUPTED, sigterm_when_parent_dies
 
-EXIT_DIVERGED = 3
-EXIT_OUT_OF_MEMORY = 5
-MESSAGE_CHARACTERS = 400
+# results.jsonl's statuses: a run that could not start for its input is an error like any other failure.
+RESULT_STATUS = {Status.OUT_OF_MEMORY: "out_of_memory", Status.DIVERGED: "diverged"}
 
 
 class StudyDirectory:
@@ -39,6 +36,14 @@ class StudyDirectory:
         self.results = self.path / "results.jsonl"
         self.runs = self.path / "runs"
         self.logs = self.path / "logs"
+
+    def log(self, name: str) -> Path:
+        """The output of a run's processes, pretraining and evaluation, appended in order."""
+        return self.logs / f"{name}.log"
+
+    def outcome(self, name: str, step: str) -> Path:
+        """Where the process of `step` (pretrain, evaluate) of run `name` records how it ended."""
+        return self.logs / f"{name}.{step}.outcome.json"
 
     def read_results(self) -> list[dict]:
         return read_results(self.results)
@@ -54,54 +59,6 @@ class StudyDirectory:
     def append_result(self, result: dict) -> None:
         with self.results.open("a") as handle:
             handle.write(json_text(result) + "\n")
-
-
-def _launch(command: list[str], log: Path, memory_limit_mb: int | None) -> tuple[int, float]:
-    """Run `command` with its output appended to `log`; its exit code and peak resident memory (MiB)."""
-
-    def prepare_child() -> None:
-        sigterm_when_parent_dies()  # the study's death stops the run, with a checkpoint
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # the study ignores Ctrl-C while a run handles it
-        if memory_limit_mb is not None:
-            limit = memory_limit_mb << 20
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as handle:
-        handle.write(f"$ {' '.join(command)}\n")
-        handle.flush()
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, preexec_fn=prepare_child)
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, usage.ru_maxrss / 1024  # KiB on Linux, of the process and its waited children
-
-
-def _last_error(log: Path, since: int) -> str | None:
-    """The run's own one-line error, or the last line it printed, from byte `since` of its log."""
-    with log.open("rb") as handle:
-        handle.seek(since)
-        lines = [line.strip() for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    line = errors[-1] if errors else (lines[-1] if lines else None)
-    return None if line is None else line[:MESSAGE_CHARACTERS]
-
-
-def classify(code: int, message: str | None) -> str:
-    """A failed run's status from its exit code and its error line.
-
-    Under `accelerate launch` with several processes the launcher's own code hides the run's, so the
-    error line decides too; a run killed by SIGKILL that the study did not send is the kernel's OOM killer.
-    """
-    text = (message or "").lower()
-    if (
-        code == EXIT_OUT_OF_MEMORY
-        or code in (-signal.SIGKILL, 128 + signal.SIGKILL)
-        or "out of memory" in text
-    ):
-        return "out_of_memory"
-    if code == EXIT_DIVERGED or "nan or infinite" in text:
-        return "diverged"
-    return "error"
 
 
 def _pretraining_metrics(run: RunDirectory) -> dict:
@@ -136,61 +93,79 @@ def _evaluation_metrics(run: RunDirectory, evaluation: str) -> dict:
     return {"knn_top1": knn.get("top1")}
 
 
-class StudyInterrupted(RuntimeError):
+class StudyInterrupted(RuntimeError, RunFailure):
     """A run stopped for a signal (the study's, or its own): rerun the study to continue."""
+
+    status = Status.INTERRUPTED
 
 
 class StudyRunner:
-    """Runs the cells × seeds of `study` into `directory` (see the module docstring)."""
+    """Runs the cells × seeds of `study` into `directory` (see the module docstring).
 
-    def __init__(self, study: Study, directory: str | Path, python: str = sys.executable):
+    `launcher` starts each pretraining (default: a subprocess, or `accelerate launch` with the study's
+    `accelerate_config`); `evaluation_launcher` each evaluation (default: a subprocess, or `launcher` when
+    it runs commands in this process).
+    """
+
+    def __init__(
+        self,
+        study: Study,
+        directory: str | Path,
+        launcher: Launcher | None = None,
+        evaluation_launcher: Launcher | None = None,
+    ):
         self.study = study
         self.directory = StudyDirectory(directory)
-        self.python = python
+        if launcher is None:
+            config = study.accelerate_config
+            launcher = Subprocess() if config is None else AccelerateLaunch(config_file=config)
+        self.launcher = launcher
+        self.evaluation_launcher = evaluation_launcher or (
+            launcher if isinstance(launcher, InProcess) else Subprocess()
+        )
 
-    def pretrain_command(self, cell: Cell, seed: int, name: str) -> list[str]:
-        launcher = [self.python, "-m", "ssl_toolkit.pretrain"]
-        if self.study.accelerate_config is not None:
-            launcher = [self.python, "-m", "accelerate.commands.launch", "--config_file",
-                        str(self.study.accelerate_config), "-m", "ssl_toolkit.pretrain"]  # fmt: skip
-        return [
-            *launcher,
-            str(self.study.recipe),
-            *self.study.overrides,
-            *cell.arguments(),
-            f"seed={seed}",
-            f"run.output_dir={self.directory.runs}",
-            f"run.name={name}",
-            f"log.group={self.study.name}",  # one W&B group for the study's runs (when W&B is on)
-            "train.resume=auto",  # a fresh run the first time, the rest of a killed one afterwards
-        ]
+    def pretrain_command(self, cell: Cell, seed: int, run: RunDirectory) -> Command:
+        return Command.of_module(
+            "ssl_toolkit.pretrain",
+            [
+                str(self.study.recipe),
+                *self.study.overrides,
+                *cell.arguments(),
+                f"seed={seed}",
+                *run.config_overrides(),
+                f"log.group={self.study.name}",  # one W&B group for the study's runs (when W&B is on)
+                "train.resume=auto",  # a fresh run the first time, the rest of a killed one afterwards
+            ],
+        )
 
-    def evaluation_command(self, run: RunDirectory) -> list[str]:
+    def evaluation_command(self, run: RunDirectory) -> Command:
         """One process for the study's evaluations: the run's data is embedded once for all of them."""
-        command = [self.python, "-m", "ssl_toolkit.cli", "evaluate", str(run.path), "--evaluations"]
-        command += self.study.evaluate
+        arguments = ["evaluate", str(run.path), "--evaluations", *self.study.evaluate]
         if "probe" in self.study.evaluate and self.study.probe_weight_decay is not None:
-            command += ["--weight-decay", repr(self.study.probe_weight_decay)]
-        return command
+            arguments += ["--weight-decay", repr(self.study.probe_weight_decay)]
+        return Command.of_module("ssl_toolkit.cli", arguments)
 
     def planned(self) -> list[tuple[int, Cell, int]]:
         return [
             (index, cell, seed) for index, cell in enumerate(self.study.cells()) for seed in self.study.seeds
         ]
 
+    def run_directory(self, index: int, cell: Cell, seed: int) -> RunDirectory:
+        return RunDirectory(self.directory.runs / run_name(index, cell, seed))
+
     def dry_run(self) -> None:
         for index, cell, seed in self.planned():
-            name = run_name(index, cell, seed)
+            run = self.run_directory(index, cell, seed)
             print(f"{cell.name} seed={seed}")
-            print("  " + " ".join(self.pretrain_command(cell, seed, name)))
+            print("  " + _shown(self.launcher, self.pretrain_command(cell, seed, run)))
             if self.study.evaluate:
-                print("  " + " ".join(self.evaluation_command(RunDirectory(self.directory.runs / name))))
+                print("  " + _shown(self.evaluation_launcher, self.evaluation_command(run)))
 
     def run(self, retry_failed: bool = False) -> list[dict]:
         """Every (cell, seed) not in results.jsonl yet (with `retry_failed`, the failed ones too); returns all
         results of the study's cells."""
         self.directory.path.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(RunDirectory(self.directory.path))
+        lock = DirectoryLock(self.directory.path)
         holder = lock.acquire()
         if holder is not None:
             raise ConfigError(
@@ -229,34 +204,66 @@ class StudyRunner:
         return list(latest.values())
 
     def run_one(self, index: int, cell: Cell, seed: int) -> dict:
-        """Pretrain (or finish pretraining) the cell's run with `seed`, evaluate it, and describe it."""
-        name = run_name(index, cell, seed)
-        run = RunDirectory(self.directory.runs / name)
-        log = self.directory.logs / f"{name}.log"
+        """Pretrain (or finish pretraining) the cell's run with `seed`, evaluate it, and describe it.
+
+        How each process ended is read from the outcome file it leaves, never from its output.
+        """
+        run = self.run_directory(index, cell, seed)
+        name = run.path.name
+        log = self.directory.log(name)
         result = {"cell": cell.name, "overrides": cell.settings, "seed": seed, "status": "ok",
                   "message": None, "run_dir": str(run.path)}  # fmt: skip
         if not (run.summary.is_file() and run.encoder.is_file()):
-            since = log.stat().st_size if log.is_file() else 0
-            code, peak_mb = _launch(self.pretrain_command(cell, seed, name), log, self.study.memory_limit_mb)
-            if code == EXIT_INTERRUPTED:
+            finished = self.launcher.run(
+                self.pretrain_command(cell, seed, run),
+                outcome=self.directory.outcome(name, "pretrain"),
+                log=log,
+                memory_limit_mb=self.study.memory_limit_mb,
+            )
+            outcome = finished.outcome
+            if outcome.status is Status.INTERRUPTED:
                 raise StudyInterrupted(
                     f"{name} stopped for a signal with a checkpoint; rerun the study to continue"
                 )
-            if code != 0:
-                message = _last_error(log, since)
-                return {
-                    **result,
-                    "status": classify(code, message),
-                    "message": message,
-                    "peak_memory_mb": peak_mb,
-                }
-            result["peak_memory_mb"] = peak_mb
+            if outcome.status is not Status.OK:
+                status = RESULT_STATUS.get(outcome.status, "error")
+                return {**result, "status": status, "message": outcome.message,
+                        "peak_memory_mb": finished.peak_memory_mb}  # fmt: skip
+            result["peak_memory_mb"] = finished.peak_memory_mb
         result.update(_pretraining_metrics(run))
         if self.study.evaluate:
-            since = log.stat().st_size
-            code, _ = _launch(self.evaluation_command(run), log, None)
-            if code != 0:
-                return {**result, "status": "error", "message": f"evaluation: {_last_error(log, since)}"}
+            finished = self.evaluation_launcher.run(
+                self.evaluation_command(run), outcome=self.directory.outcome(name, "evaluate"), log=log
+            )
+            if finished.outcome.status is not Status.OK:
+                return {**result, "status": "error", "message": f"evaluation: {finished.outcome.message}"}
             for evaluation in self.study.evaluate:
                 result.update(_evaluation_metrics(run, evaluation))
         return result
+
+
+def _shown(launcher: Launcher, command: Command) -> str:
+    """The command line `launcher` runs `command` as (`python -m ...` for the in-process launcher)."""
+    argv = (
+        launcher.argv(command)
+        if isinstance(launcher, Subprocess)
+        else ["python", *command.python_arguments()]
+    )
+    return " ".join(argv)
+
+
+def run_study(
+    study: Study, directory: str | Path, *, launcher: Launcher | None = None, retry_failed: bool = False
+) -> list[dict]:
+    """Run what `study` still lacks into `directory` (see `StudyRunner`), then write its reports (and add
+    them to W&B when the study logs there); returns every result of its cells."""
+    runner = StudyRunner(study, directory, launcher)
+    results = runner.run(retry_failed=retry_failed)
+    written = write_reports(runner.directory.path, study.as_dict(), results)
+    for path in written:
+        print(f"wrote {path}")
+    if study.logs_to_wandb():
+        publish_study_reports(study.name, runner.directory.path, results, written)
+    failed = sum(result["status"] != "ok" for result in results)
+    print(f"{len(results)} runs, {failed} failed; results in {runner.directory.results}")
+    return results

@@ -37,6 +37,7 @@ import yaml
 
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.config.parse import config_keys, parse_override, resolve_recipe
+from ssl_toolkit.eval.defaults import KNN_K, KNN_TEMPERATURE
 
 EVALUATIONS = ("probe", "knn", "boosting")  # boosting: `ssl-toolkit probe --model boosting`
 METRICS = (
@@ -56,7 +57,8 @@ METRICS = (
 METRIC_PROTOCOLS = {
     "probe": "linear probe fitted by L-BFGS on frozen h of unaugmented train images (`ssl-toolkit probe`, "
     "protocol lbfgs), scored on the test split",
-    "knn": "weighted kNN (k = 200, T = 0.07) of frozen h, test against train (`ssl-toolkit knn`)",
+    "knn": f"weighted kNN (k = {KNN_K}, T = {KNN_TEMPERATURE}) of frozen h, test against train "
+    "(`ssl-toolkit knn`)",
     "boosting": "scikit-learn's HistGradientBoosting on frozen h (`ssl-toolkit probe --model boosting`)",
 }
 STUDY_KEYS = {

@@ -8,7 +8,6 @@ digest differs from progress.json's, an old-style pickle among them, is never op
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,8 +22,15 @@ from torch.utils.data import DataLoader
 
 from ssl_toolkit.config import Config, ConfigError
 from ssl_toolkit.config.parse import config_from_dict
-from ssl_toolkit.eval.online_probe import OnlineLinearProbe
-from ssl_toolkit.run_dir import RunDirectory, StorageFull, storage_full_error, writing
+from ssl_toolkit.files import (
+    PARTIAL_PREFIX,
+    StorageFull,
+    move_into_place,
+    partial_path,
+    storage_full_error,
+    writing,
+)
+from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training import resume_rules
 from ssl_toolkit.training.checkpoint_files import (
     CONFIG_FILE,
@@ -35,6 +41,7 @@ from ssl_toolkit.training.checkpoint_files import (
 )
 from ssl_toolkit.training.epoch_seeded import EpochSeededDataset
 from ssl_toolkit.training.guard import TrainingDiverged
+from ssl_toolkit.training.online_probe import OnlineLinearProbe
 from ssl_toolkit.training.progress import TrainingProgress
 
 CHECKPOINTS_KEPT = 2
@@ -70,7 +77,7 @@ def save_checkpoint(
         StorageFull: the disk filled up (the partial folder is removed).
     """
     final = run.checkpoint(progress.step)
-    partial = final.with_name(f".tmp_{final.name}")
+    partial = partial_path(final)
     if not _all_finite(accelerator, model):
         raise TrainingDiverged(
             f"the weights or BatchNorm statistics are NaN or infinite at step {progress.step}, so no "
@@ -81,7 +88,7 @@ def save_checkpoint(
         with writing(partial):
             run.checkpoints.mkdir(parents=True, exist_ok=True)
         # Saves killed halfway, by this run or an earlier session of it (the lock keeps others out).
-        for unfinished in run.checkpoints.glob(".tmp_*"):
+        for unfinished in run.checkpoints.glob(f"{PARTIAL_PREFIX}*"):
             shutil.rmtree(unfinished, ignore_errors=True)
     accelerator.wait_for_everyone()
     failure = None
@@ -110,8 +117,7 @@ def save_checkpoint(
         try:
             with writing(partial):
                 describe_checkpoint(partial, progress, accelerator.num_processes, config)
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(partial, final)
+                move_into_place(partial, final)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
@@ -173,9 +179,10 @@ def _plan_resume(
     return str(checkpoint), description
 
 
-def resume(accelerator: Accelerator, run: RunDirectory, config: Config) -> TrainingProgress:
-    """The run's progress, restored (with everything prepared, the random states included) from the
-    checkpoint `train.resume` names; a fresh one without `train.resume` or checkpoints.
+def resume(accelerator: Accelerator, run: RunDirectory, config: Config, progress: TrainingProgress) -> None:
+    """Restore `progress` (and everything prepared, the random states included) from the checkpoint
+    `train.resume` names, in place as `accelerator.load_state` restores the rest; left as it is (a fresh
+    run) without `train.resume` or checkpoints.
 
     `auto` takes the newest checkpoint that verifies, naming each one skipped. metrics.jsonl then loses the
     records after the checkpoint's step, which this session logs again, and resumes.jsonl records the resume.
@@ -184,7 +191,7 @@ def resume(accelerator: Accelerator, run: RunDirectory, config: Config) -> Train
         ConfigError: no checkpoint can be resumed from, or resuming would change the run (naming the keys).
     """
     if config.train.resume is None:
-        return TrainingProgress()
+        return
     plan: list = [None, None, None]
     if accelerator.is_main_process:
         try:
@@ -202,7 +209,7 @@ def resume(accelerator: Accelerator, run: RunDirectory, config: Config) -> Train
         )
         if accelerator.is_main_process:
             run.drop_metrics_after(0)
-        return TrainingProgress()
+        return
     try:
         accelerator.load_state(checkpoint)
     except (RuntimeError, OSError, ValueError, KeyError) as error:
@@ -210,7 +217,6 @@ def resume(accelerator: Accelerator, run: RunDirectory, config: Config) -> Train
         raise ConfigError(
             f"checkpoint {checkpoint} does not fit this run's model or optimiser: {first_line}"
         ) from None
-    progress = TrainingProgress()
     progress.load_state_dict(description)
     progress.checkpoint = checkpoint
     if accelerator.is_main_process:
@@ -227,7 +233,6 @@ def resume(accelerator: Accelerator, run: RunDirectory, config: Config) -> Train
     accelerator.print(
         f"resumed from {checkpoint} at step {progress.step}; changed: {resume_rules.describe(changes)}"
     )
-    return progress
 
 
 def resumable_batches(

@@ -13,7 +13,8 @@ import stat
 from pathlib import Path
 
 from ssl_toolkit.config import Config, save_config
-from ssl_toolkit.run_dir import RunDirectory, json_text
+from ssl_toolkit.files import json_text
+from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training.progress import TrainingProgress
 
 PROGRESS_FILE = "progress.json"

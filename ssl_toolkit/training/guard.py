@@ -10,13 +10,16 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from ssl_toolkit.process.status import RunFailure, Status
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training.checkpoint_files import latest_checkpoint_phrase
 from ssl_toolkit.training.progress import TrainingProgress
 
 
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive steps had a NaN or infinite loss."""
+class TrainingDiverged(RuntimeError, RunFailure):
+    """Too many consecutive steps had a NaN or infinite loss (or the weights became NaN or infinite)."""
+
+    status = Status.DIVERGED  # change the hyperparameters, then resume from the last good checkpoint
 
 
 class NonFiniteGuard:

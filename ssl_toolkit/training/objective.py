@@ -14,8 +14,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from ssl_toolkit.grad_cache import cached_backward
 from ssl_toolkit.losses import loss_over_views
+from ssl_toolkit.training.grad_cache import cached_backward
 
 # (views, class labels or None) → (loss, embeddings z (B, D) and features h (B, F) of each view), the
 # backward done.

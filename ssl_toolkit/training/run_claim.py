@@ -7,63 +7,14 @@ the message that refuses a second run.
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import shutil
-import socket
-import time
 
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from ssl_toolkit.config import Config, ConfigError
+from ssl_toolkit.files import DirectoryLock
 from ssl_toolkit.run_dir import RunDirectory
-
-
-class RunLock:
-    """An exclusive lock on a run directory, held until `release` (or the holder's death)."""
-
-    def __init__(self, run: RunDirectory):
-        self.path = run.lock
-        self._handle = None
-
-    def acquire(self) -> str | None:
-        """Take the lock; None on success, else a description of the run holding it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the run's life
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
-            handle.close()
-            return _describe_holder(holder)
-        handle.seek(0)
-        handle.truncate()
-        holder = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        handle.write(json.dumps(holder) + "\n")
-        handle.flush()
-        self._handle = handle
-        return None
-
-    def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-
-def _describe_holder(text: str) -> str:
-    try:
-        holder = json.loads(text)
-        return f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
-    except (ValueError, KeyError, TypeError):
-        return "another process"
 
 
 def used_entries(run: RunDirectory) -> list[str]:
@@ -84,7 +35,7 @@ def clear(run: RunDirectory) -> None:
             entry.unlink()
 
 
-def claim(accelerator: Accelerator, config: Config, run: RunDirectory) -> RunLock:
+def claim(accelerator: Accelerator, config: Config, run: RunDirectory) -> DirectoryLock:
     """Take the run directory for this run, on the main process; every process raises if it is refused.
 
     Refused: a directory another live run holds, and a used directory without `train.resume` (unless
@@ -93,7 +44,7 @@ def claim(accelerator: Accelerator, config: Config, run: RunDirectory) -> RunLoc
     Raises:
         ConfigError: naming the directory and the ways forward.
     """
-    lock = RunLock(run)
+    lock = DirectoryLock(run.path)
     problem = None
     if accelerator.is_main_process:
         problem = _claim_on_main(lock, config, run)
@@ -107,7 +58,7 @@ def claim(accelerator: Accelerator, config: Config, run: RunDirectory) -> RunLoc
     return lock
 
 
-def _claim_on_main(lock: RunLock, config: Config, run: RunDirectory) -> str | None:
+def _claim_on_main(lock: DirectoryLock, config: Config, run: RunDirectory) -> str | None:
     holder = lock.acquire()
     if holder is not None:
         return (

@@ -17,10 +17,10 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ssl_toolkit.config import Config
-from ssl_toolkit.eval.online_probe import OnlineLinearProbe
-from ssl_toolkit.eval.representation_metrics import view_pair_metrics
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.tracking import init_trackers
+from ssl_toolkit.training.batch_statistics import view_pair_metrics
+from ssl_toolkit.training.online_probe import OnlineLinearProbe
 
 
 class RunLog:

@@ -1,31 +1,32 @@
 """Stopping on a signal: SIGTERM (SLURM preemption, `kill`), SIGINT (Ctrl-C), SIGUSR1 (SLURM's warning).
 
 The first signal asks the run to stop at the next step boundary, where every process agrees on it, saves a
-checkpoint and exits with `EXIT_INTERRUPTED`. A second signal, once `REPEAT_AFTER_S` have passed, exits at
+checkpoint and exits with `ExitCode.INTERRUPTED`. A second signal, once `REPEAT_AFTER_S` have passed, exits at
 once, even while the main thread waits inside a collective: signals arrive through a wakeup file descriptor
 read by a thread, not through Python handlers that only run between bytecodes.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from pathlib import Path
+
+from ssl_toolkit.process.status import RunFailure, Status, exit_code_after_second_signal
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-EXIT_INTERRUPTED = 4  # stopped by a signal or a lost peer, checkpoint saved: resume with train.resume=auto
 # A launcher forwards the signal it got, and a terminal or SLURM signals every process too, so one Ctrl-C
 # or one preemption reaches a process twice within milliseconds; only a later signal means "now".
 REPEAT_AFTER_S = 2.0
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(RuntimeError, RunFailure):
     """The run stopped early, resumably: a signal, or a peer process that stopped answering."""
+
+    status = Status.INTERRUPTED  # resume with train.resume=auto
 
 
 class StopSignals:
@@ -96,7 +97,7 @@ class StopSignals:
                 file=sys.stderr,
                 flush=True,
             )
-            os._exit(128 + received)
+            os._exit(exit_code_after_second_signal(received))
 
     @property
     def requested(self) -> bool:
@@ -106,42 +107,6 @@ class StopSignals:
 
 def _ignore_in_python(signum, frame) -> None:
     """The Python-level handler does nothing: the wakeup descriptor already told the watching thread."""
-
-
-LAUNCHER_WORDS = ("accelerate", "torchrun", "torch.distributed")
-
-
-def _parent_is_a_launcher() -> bool:
-    try:
-        command = (
-            Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    except OSError:
-        return False
-    return any(word in command for word in LAUNCHER_WORDS)
-
-
-def sigterm_when_parent_dies() -> None:
-    """Ask Linux to send this process SIGTERM when its parent dies (elsewhere: nothing)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-
-
-def stop_with_parent() -> None:
-    """Under `accelerate launch` or torchrun, stop (with a checkpoint) when the launcher dies.
-
-    A launcher killed by a signal it does not forward (any signal, for the single-process launcher) would
-    otherwise leave the run training unseen. A run started from a shell is left alone: `nohup` runs must
-    outlive their shell.
-    """
-    if _parent_is_a_launcher():
-        sigterm_when_parent_dies()
 
 
 def ignore_stop_signals(worker_id: int | None = None) -> None:

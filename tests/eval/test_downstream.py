@@ -13,12 +13,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from ssl_toolkit.config import ConfigError
-from ssl_toolkit.eval.downstream import (
-    check_folds,
-    cross_validate,
-    downstream_evaluator,
-    evaluate_boosting,
-)
+from ssl_toolkit.eval.boosting import evaluate_boosting
+from ssl_toolkit.eval.probe import check_folds, cross_validate, downstream_evaluator
 
 
 def _blobs(n: int, num_classes: int, seed: int, spread: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

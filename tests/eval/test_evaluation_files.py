@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import ssl_toolkit.eval.knn_report as knn_report
+import ssl_toolkit.eval.knn as knn_protocol
 import ssl_toolkit.eval.metrics as metrics
 from ssl_toolkit.cli import main as cli_main
 from ssl_toolkit.encoder_file import save_encoder
 from ssl_toolkit.eval.features import FeatureCache
 from ssl_toolkit.eval.run import EvaluationRun
-from ssl_toolkit.models import EncoderSpec, create_encoder
+from ssl_toolkit.kinds.images.backbones import EncoderSpec, create_encoder
 from ssl_toolkit.run_dir import RunDirectory
 
 
@@ -84,8 +84,8 @@ def test_a_nan_probe_metric_is_written_as_null(tiny_run, monkeypatch):
 
 
 def test_a_nan_knn_metric_is_written_as_null(tiny_run, monkeypatch):
-    monkeypatch.setattr(knn_report, "top_k_accuracy", lambda scores, targets, k: float("nan"))
-    knn_report.run_knn(tiny_run, k=5)
+    monkeypatch.setattr(knn_protocol, "top_k_accuracy", lambda scores, targets, k: float("nan"))
+    knn_protocol.run_knn(tiny_run, k=5)
     written = json.loads(RunDirectory(tiny_run).knn.read_text(), parse_constant=_reject_constant)
     assert written["top1"] is None and written["top5"] is None and written["k"] == 5
     assert not list(tiny_run.glob(".tmp_*"))

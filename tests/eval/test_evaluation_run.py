@@ -10,12 +10,12 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 import ssl_toolkit.eval.run as evaluation_run
-from ssl_toolkit.augment import eval_transform
 from ssl_toolkit.config import ConfigError
-from ssl_toolkit.data import create_dataset
 from ssl_toolkit.encoder_file import load_encoder
 from ssl_toolkit.eval.features import FeatureCache, extract_features
 from ssl_toolkit.eval.run import EvaluationRun, frozen_embedding
+from ssl_toolkit.kinds.images.datasets import create_dataset
+from ssl_toolkit.kinds.images.views import eval_transform
 from ssl_toolkit.run_dir import RunDirectory
 
 
@@ -65,7 +65,7 @@ def test_evaluation_keeps_the_encoder_equal_to_its_file(tiny_run, tmp_path):
 
 
 def test_probe_and_knn_leave_the_encoder_file_unchanged(tiny_run):
-    from ssl_toolkit.eval.knn_report import run_knn
+    from ssl_toolkit.eval.knn import run_knn
     from ssl_toolkit.eval.probe import run_probe
 
     before = _digest(RunDirectory(tiny_run).encoder)
@@ -143,7 +143,7 @@ def test_results_and_plot_reach_the_runs_wandb_summary(tmp_path):
     import wandb_offline
     from pretraining_runs import pretrain_tiny
 
-    from ssl_toolkit.eval.knn_report import run_knn
+    from ssl_toolkit.eval.knn import run_knn
     from ssl_toolkit.eval.maps import run_plot
     from ssl_toolkit.eval.probe import run_probe
 

@@ -15,12 +15,12 @@ from PIL import Image
 from pretraining_runs import pretrain_tiny
 
 from ssl_toolkit.cli import main as cli_main
-from ssl_toolkit.data import UnreadableImageWarning, create_dataset
 from ssl_toolkit.encoder_file import load_encoder
 from ssl_toolkit.eval.features import extract_features
-from ssl_toolkit.eval.knn_report import run_knn
+from ssl_toolkit.eval.knn import run_knn
 from ssl_toolkit.eval.probe import run_probe
 from ssl_toolkit.eval.run import EvaluationRun
+from ssl_toolkit.kinds.images.datasets import UnreadableImageWarning, create_dataset
 from ssl_toolkit.run_dir import RunDirectory
 
 CLASSES = ("a", "b", "c")

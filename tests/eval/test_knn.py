@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from ssl_toolkit.cli import main as cli_main
-from ssl_toolkit.eval.knn import knn_scores, knn_top1
-from ssl_toolkit.eval.knn_report import run_knn
+from ssl_toolkit.eval.knn import knn_scores, knn_top1, run_knn
 from ssl_toolkit.eval.run import EvaluationRun
 from ssl_toolkit.run_dir import RunDirectory
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from ssl_toolkit.cli import main as cli_main
-from ssl_toolkit.eval import supervised
+from ssl_toolkit.eval import classifier_training
+from ssl_toolkit.eval.classifier_training import labelled_train_indices
 from ssl_toolkit.eval.rankme import rankme, rankme_warning
 from ssl_toolkit.eval.run import EvaluationRun
-from ssl_toolkit.eval.supervised import CropAndFlip, labelled_train_indices
+from ssl_toolkit.kinds.images.kind import CropAndFlip
 from ssl_toolkit.run_dir import RunDirectory
 
 
@@ -83,7 +84,7 @@ def recorded_training(monkeypatch):
             self.lrs.append(self.param_groups[0]["lr"])
             return super().step(closure)
 
-    monkeypatch.setattr(supervised.torch.optim, "SGD", RecordingSGD)
+    monkeypatch.setattr(classifier_training.torch.optim, "SGD", RecordingSGD)
     return recorded
 
 

@@ -15,7 +15,6 @@ from torch.func import functional_call
 
 from ssl_toolkit import build
 from ssl_toolkit.config import ConfigError, load_config
-from ssl_toolkit.config.schema import CLASS_WEIGHT_LOSSES
 from ssl_toolkit.losses import LOSSES, create_loss, loss_over_views
 from ssl_toolkit.losses.cross_entropy import CrossEntropyLoss
 
@@ -134,9 +133,18 @@ def test_arguments_are_checked():
     assert_rejects_bad_class_labels(loss, embedding_dim=8)
 
 
-def test_the_class_weight_losses_of_the_config_rules_are_those_that_need_class_labels():
-    needing = {name for name, loss in LOSSES.items() if getattr(loss, "needs_class_labels", False)}
-    assert needing == set(CLASS_WEIGHT_LOSSES)
+CLASS_WEIGHT_LOSSES = sorted(
+    name for name, loss in LOSSES.items() if getattr(loss, "needs_class_labels", False)
+)
+
+
+def test_the_config_rules_of_class_weight_losses_follow_their_classes():
+    assert CLASS_WEIGHT_LOSSES == ["arcface", "cross_entropy"]
+    for name in CLASS_WEIGHT_LOSSES:
+        with pytest.raises(ConfigError, match=rf"^loss.name={name} needs class labels"):
+            load_config(None, [f"loss.name={name}"])
+    with pytest.raises(ConfigError, match=r"^train.batch_size=1 must be at least 2 for loss.name=supcon"):
+        load_config(None, ["loss.name=supcon", "train.batch_size=1"])
 
 
 def test_config_needs_supervised_and_takes_a_batch_of_one():

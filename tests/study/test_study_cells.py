@@ -79,19 +79,20 @@ def test_the_runs_record_every_grid_key_and_the_probe_gets_the_fixed_weight_deca
     study = load_study(write_study(tmp_path, ONE_FACTOR_AT_A_TIME, probe_weight_decay=1.0e-4))
     runner = StudyRunner(study, tmp_path / "out")
     cell = study.cells()[4]
-    command = runner.pretrain_command(cell, 0, "run")
+    run = RunDirectory(runner.directory.runs / "run")
+    command = runner.pretrain_command(cell, 0, run).arguments
     # The run gets the cell's own overrides; results.jsonl records every grid key (the base's too).
     assert "train.batch_size=64" in command and not any(
         a.startswith("loss.temperature=") for a in command[-9:-5]
     )
+    assert f"run.output_dir={runner.directory.runs}" in command and "run.name=run" in command
     # One evaluation process for probe and kNN, the probe at the fixed decay; kNN alone takes no decay.
-    run = RunDirectory(runner.directory.runs / "run")
     both = StudyRunner(load_study(write_study(tmp_path, ONE_FACTOR_AT_A_TIME, probe_weight_decay=1.0e-4,
                                               evaluate=["probe", "knn"])), tmp_path / "both")  # fmt: skip
-    assert both.evaluation_command(run)[3:] == [
+    assert list(both.evaluation_command(run).arguments) == [
         "evaluate", str(run.path), "--evaluations", "probe", "knn", "--weight-decay", "0.0001",
     ]  # fmt: skip
-    assert "--weight-decay" not in runner.evaluation_command(run)
+    assert "--weight-decay" not in runner.evaluation_command(run).arguments
 
 
 @pytest.mark.parametrize(

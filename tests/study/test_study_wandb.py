@@ -31,9 +31,9 @@ def test_every_run_of_a_study_joins_the_studys_group(tmp_path):
         source=tmp_path / "temperatures.yaml", recipe=QUICKSTART, grid={"loss.temperature": [0.1]}, seeds=[0]
     )
     command = StudyRunner(study, tmp_path).pretrain_command(
-        Cell({"loss.temperature": 0.1}), 0, "cell000_seed0"
+        Cell({"loss.temperature": 0.1}), 0, RunDirectory(tmp_path / "runs" / "cell000_seed0")
     )
-    assert "log.group=temperatures" in command
+    assert "log.group=temperatures" in command.arguments
 
 
 def test_the_studys_tables_and_plots_are_logged_to_its_group(tmp_path, monkeypatch):

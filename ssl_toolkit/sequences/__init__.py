@@ -1,1 +1,0 @@
-"""Event sequences: clients' events in memory, their CoLES views and padded batches."""
