@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssl_toolkit.process.memory import child_peak_memory_mb
 from ssl_toolkit.process.outcome import OUTCOME_VARIABLE, Outcome, clear_outcome, read_outcome
 
 LAUNCHER_WORDS = ("accelerate", "torchrun", "torch.distributed")
@@ -96,7 +97,7 @@ class Launched:
             if timeout is None and self.process.returncode is None:
                 _, status, usage = os.wait4(self.process.pid, 0)
                 self.process.returncode = os.waitstatus_to_exitcode(status)
-                peak_mb = usage.ru_maxrss / 1024  # KiB on Linux, of the process and its waited children
+                peak_mb = child_peak_memory_mb(usage)
             else:
                 self.process.wait(timeout)
             self._finish(self.process.returncode, peak_mb)

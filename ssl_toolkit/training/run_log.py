@@ -7,7 +7,6 @@ the last step, and with every evaluation.
 
 from __future__ import annotations
 
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ssl_toolkit.config import Config
+from ssl_toolkit.process.memory import peak_memory_mb
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.tracking import init_trackers
 from ssl_toolkit.training.batch_statistics import view_pair_metrics
@@ -152,12 +152,7 @@ class RunLog:
         memory PyTorch's tensors held on the process's GPU (`cuda_allocated`), elsewhere the process's
         resident-set high-water mark (`cpu_max_rss`, DataLoader workers not included). A collective."""
         device = self.accelerator.device
-        if device.type == "cuda":
-            kind, megabytes = "cuda_allocated", torch.cuda.max_memory_allocated(device) / 2**20
-        else:
-            # ru_maxrss is in KiB on Linux, in bytes on macOS.
-            max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            kind, megabytes = "cpu_max_rss", max_rss / (2**20 if sys.platform == "darwin" else 2**10)
+        megabytes, kind = peak_memory_mb(device)
         # Accelerate's reduce has sum and mean but no max; a gather works on gloo and NCCL alike. float32
         # (exact to the MiB up to 16 TiB) because some devices (MPS) have no float64.
         every_process = self.accelerator.gather(torch.tensor([megabytes], dtype=torch.float32, device=device))
