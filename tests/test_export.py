@@ -306,16 +306,16 @@ def test_an_existing_out_is_kept_unless_overwrite(rgb_run, tmp_path):
 
 
 def test_a_failed_check_leaves_nothing_behind(rgb_run, tmp_path, monkeypatch):
-    import ssl_toolkit.export
+    from ssl_toolkit.export import timm_files
 
-    written = ssl_toolkit.export._backbone_state
+    written = timm_files._backbone_state
 
     def off_by_one(trained):  # weights that do not give the encoder's h
         return {
             key: value + 1 if value.is_floating_point() else value for key, value in written(trained).items()
         }
 
-    monkeypatch.setattr(ssl_toolkit.export, "_backbone_state", off_by_one)
+    monkeypatch.setattr(timm_files, "_backbone_state", off_by_one)
     out = tmp_path / "exports" / "backbone.safetensors"
     with pytest.raises(ConfigError, match=r"other features than the encoder.*nothing was written"):
         export_encoder(rgb_run, "timm", out)
