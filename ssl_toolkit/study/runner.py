@@ -21,7 +21,9 @@ from ssl_toolkit.files import DirectoryLock, json_text
 from ssl_toolkit.process.launch import AccelerateLaunch, Command, InProcess, Launcher, Subprocess
 from ssl_toolkit.process.status import RunFailure, Status
 from ssl_toolkit.run_dir import RunDirectory
-from ssl_toolkit.study.report import publish_study_reports, read_results, write_reports
+from ssl_toolkit.study.publish import publish_study_reports
+from ssl_toolkit.study.report import write_reports
+from ssl_toolkit.study.results import read_results
 from ssl_toolkit.study.spec import Cell, Study, run_name
 
 # results.jsonl's statuses: a run that could not start for its input is an error like any other failure.

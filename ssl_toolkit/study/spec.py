@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ STUDY_KEYS = {
     "plots": "[{metric, x, group, where}]",
     "paired": "[{metric, axis, a, b, by}]: a − b, paired by seed (and the keys in `by`, default all others)",
     "accelerate_config": "an `accelerate launch --config_file` for each run (several processes or GPUs)",
-    "memory_limit_mb": "the address space each run may use (CPU): a larger run fails as out of memory",
+    "memory_limit_mb": "the address space each run may use (CPU): a larger run fails as out_of_memory",
     "probe_weight_decay": "probe every run at this weight decay instead of picking it on validation",
 }
 AXIS_ROLES = ("rows", "columns", "x", "group", "axis")
@@ -95,10 +96,10 @@ class Cell:
     @property
     def name(self) -> str:
         """`key=value,key=value` over every grid key: how results.jsonl and the reports name the cell."""
-        return ",".join(f"{key}={_scalar_text(value)}" for key, value in self.settings.items())
+        return ",".join(f"{key}={value_text(value)}" for key, value in self.settings.items())
 
     def arguments(self) -> list[str]:
-        return [f"{key}={_scalar_text(value)}" for key, value in self.overrides.items()]
+        return [f"{key}={value_text(value)}" for key, value in self.overrides.items()]
 
 
 @dataclass
@@ -157,15 +158,10 @@ class Study:
 
     def cells(self) -> list[Cell]:
         if isinstance(self.grid, dict):
-            keys = list(self.grid)
-            return [
-                Cell(dict(zip(keys, values, strict=True)))
-                for values in itertools.product(*self.grid.values())
-            ]
+            return [Cell(overrides) for overrides in grid_combinations(self.grid)]
         keys, base, cells = self.keys(), None, {}
         for grid in self.grids():
-            for values in itertools.product(*grid.values()):
-                overrides = dict(zip(grid, values, strict=True))
+            for overrides in grid_combinations(grid):
                 if base is None and any(key not in overrides for key in keys):
                     base = self.base_values()
                 settings = {key: overrides[key] if key in overrides else base.get(key) for key in keys}
@@ -184,7 +180,7 @@ class Study:
         axes: dict[str, dict[str, Any]] = {key: {} for key in self.keys()}
         for cell in self.cells():
             for key, value in cell.settings.items():
-                axes[key].setdefault(_scalar_text(value), value)
+                axes[key].setdefault(value_text(value), value)
         return {key: _ordered(list(values.values())) for key, values in axes.items()}
 
     def as_dict(self) -> dict:
@@ -209,8 +205,16 @@ def _ordered(values: list[Any]) -> list[Any]:
     return values
 
 
-def _scalar_text(value: Any) -> str:
-    """A grid value as an override's right-hand side (YAML reads it back as the same value)."""
+def grid_combinations(grid: Mapping[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
+    """Every assignment of one value to each key of `grid`, in grid order (the last key varying fastest);
+    a single {} for an empty grid."""
+    for values in itertools.product(*grid.values()):
+        yield dict(zip(grid, values, strict=True))
+
+
+def value_text(value: Any) -> str:
+    """A grid value as written in YAML (`true`, `null`, numbers and text as they are): an override's
+    right-hand side, which YAML reads back as the same value, and the label the reports give it."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -223,7 +227,7 @@ def run_name(index: int, cell: Cell, seed: int) -> str:
     slug = re.sub(
         r"[^A-Za-z0-9.]+",
         "-",
-        "_".join(f"{k.split('.')[-1]}-{_scalar_text(v)}" for k, v in cell.overrides.items()),
+        "_".join(f"{k.split('.')[-1]}-{value_text(v)}" for k, v in cell.overrides.items()),
     )
     return f"cell{index:03d}_{slug.strip('-')[:80]}_seed{seed}"
 

@@ -12,16 +12,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ssl_toolkit.study.report import (
-    markdown_table,
-    metric_decimals,
-    paired_difference,
-    plot_metric,
-    plot_paired_difference,
-    results_csv,
-    summarize,
-    write_reports,
-)
+from ssl_toolkit.study.plots import plot_metric, plot_paired_difference
+from ssl_toolkit.study.report import write_reports
+from ssl_toolkit.study.statistics import paired_difference, summarize
+from ssl_toolkit.study.tables import markdown_table, metric_decimals, results_csv
 
 GRID = {"loss.name": ["coles", "supcon"], "loss.temperature": [0.05, 0.5]}
 SEEDS = [0, 1, 2]

@@ -17,9 +17,11 @@ from ssl_toolkit.config.parse import to_dict
 from ssl_toolkit.eval.linear_probe import evaluate_linear_probe, fit_logistic_regression
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.study import report
-from ssl_toolkit.study.report import markdown_table, paired_difference, plot_metric
+from ssl_toolkit.study.plots import plot_metric
 from ssl_toolkit.study.runner import StudyRunner
 from ssl_toolkit.study.spec import load_study
+from ssl_toolkit.study.statistics import paired_difference
+from ssl_toolkit.study.tables import markdown_table, metric_decimals
 
 # The quickstart recipe's own values of the keys the cells below leave out.
 QUICKSTART_BATCH = load_config(QUICKSTART).train.batch_size
@@ -189,7 +191,7 @@ def rows_of(markdown: str) -> dict[str, list[str]]:
 
 def expected(settings: dict, metric: str = "knn_top1") -> str:
     values = [run[metric] for run in results() if run["overrides"] == settings]
-    decimals = report.metric_decimals(metric)
+    decimals = metric_decimals(metric)
     return f"{statistics.fmean(values):.{decimals}f} ± {statistics.stdev(values):.{decimals}f}"
 
 

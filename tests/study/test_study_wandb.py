@@ -9,7 +9,7 @@ from pretraining_runs import QUICKSTART, tiny_config
 
 from ssl_toolkit import tracking
 from ssl_toolkit.run_dir import RunDirectory
-from ssl_toolkit.study.report import publish_study_reports
+from ssl_toolkit.study.publish import publish_study_reports
 from ssl_toolkit.study.runner import StudyRunner
 from ssl_toolkit.study.spec import Cell, Study
 
