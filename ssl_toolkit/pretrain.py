@@ -21,7 +21,7 @@ from ssl_toolkit.files import writing
 from ssl_toolkit.kinds import create_data_kind
 from ssl_toolkit.process.launch import stop_with_parent
 from ssl_toolkit.process.outcome import Outcome, run_entry_point, write_outcome
-from ssl_toolkit.process.status import Status
+from ssl_toolkit.process.status import RunFailure, Status, as_failure
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training import run_claim
 from ssl_toolkit.training.checkpoint import resumable_batches, resume, save_checkpoint
@@ -44,6 +44,8 @@ def pretrain(config: Config) -> Path:
         TrainingDiverged: too many non-finite losses, or non-finite weights at a checkpoint.
         TrainingInterrupted: a stop signal (after a checkpoint) or a peer process that stopped answering.
         StorageFull: the disk filled up (the previous checkpoint is intact).
+        OutOfMemory: an allocation failed on the accelerator or the host (the message says what to lower).
+        Each carries `step`, the last step completed; the run directory's outcome.json says the same.
     """
     run = RunDirectory(config.run_dir)
     accelerator = build.accelerator(config, run)
@@ -53,22 +55,31 @@ def pretrain(config: Config) -> Path:
         with StopSignals() as signals:
             _train(config, run, accelerator, signals, progress)
     except BaseException as error:
-        lost_peer = isinstance(error, RuntimeError) and distributed.lost_peer(error)
-        if lost_peer:
-            error = TrainingInterrupted(
-                f"another process stopped answering for train.collective_timeout_s="
-                f"{config.train.collective_timeout_s:g} s (stalled, or dead: see its log); "
-                f"{latest_checkpoint_phrase(run)}; resume with train.resume=auto"
-            )
-        _leave_outcome(run, accelerator, Outcome.of_error(error, progress.step, LOWER_MEMORY_ADVICE))
-        if lost_peer:
-            raise error from None
-        raise
+        failure = _as_failure(error, config, run)
+        _leave_outcome(run, accelerator, Outcome.of_error(failure or error, progress.step))
+        if failure is None:  # a bug: its own traceback
+            raise
+        failure.step = progress.step  # the outcome the entry point writes says where the run got to
+        if failure is error:
+            raise
+        raise failure from (None if isinstance(failure, TrainingInterrupted) else error)
     else:
         _leave_outcome(run, accelerator, Outcome(Status.OK, step=progress.step))
     finally:
         lock.release()
     return run.path
+
+
+def _as_failure(error: BaseException, config: Config, run: RunDirectory) -> RunFailure | None:
+    """`error` as the RunFailure the run ends with: a peer that stopped answering is an interruption, an
+    allocation failure is OutOfMemory naming what to lower; None for a bug."""
+    if isinstance(error, RuntimeError) and distributed.lost_peer(error):
+        return TrainingInterrupted(
+            f"another process stopped answering for train.collective_timeout_s="
+            f"{config.train.collective_timeout_s:g} s (stalled, or dead: see its log); "
+            f"{latest_checkpoint_phrase(run)}; resume with train.resume=auto"
+        )
+    return as_failure(error, LOWER_MEMORY_ADVICE)
 
 
 def _leave_outcome(run: RunDirectory, accelerator: Accelerator, outcome: Outcome) -> None:

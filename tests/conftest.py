@@ -3,7 +3,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from pretraining_runs import pretrain_tiny, reset_accelerate
+from pretraining_runs import pretrain_tiny, pretrain_to_the_end, reset_accelerate
+
+from ssl_toolkit.process.launch import AccelerateLaunch, Subprocess
 
 
 @pytest.fixture(autouse=True)
@@ -23,3 +25,16 @@ def _finished_tiny_run(tmp_path_factory):
 def tiny_run(_finished_tiny_run, tmp_path):
     """A finished 2-step pretraining run on digits: this test's own copy, so what it writes stays its own."""
     return shutil.copytree(_finished_tiny_run, tmp_path / _finished_tiny_run.name)
+
+
+@pytest.fixture(scope="session")
+def one_process_reference(tmp_path_factory):
+    """An uninterrupted reference-length run of one process (`python -m ssl_toolkit.pretrain`): what stopped,
+    killed and resumed one-process runs must equal. Read-only: copy it to change it."""
+    return pretrain_to_the_end(Subprocess(), tmp_path_factory.mktemp("reference"), "one_process")
+
+
+@pytest.fixture(scope="session")
+def two_process_reference(tmp_path_factory):
+    """The same for two processes (`accelerate launch --multi_gpu --num_processes 2`, gloo)."""
+    return pretrain_to_the_end(AccelerateLaunch(num_processes=2), tmp_path_factory.mktemp("reference"), "two")

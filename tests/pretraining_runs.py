@@ -87,3 +87,37 @@ def records(run_dir) -> list[dict]:
 def logged_losses(run_dir) -> list[float]:
     """The `loss` of every record of a run's metrics.jsonl, in order."""
     return [record["loss"] for record in records(run_dir)]
+
+
+# The uninterrupted runs that stopped, killed and resumed runs are compared with, bit for bit: a tiny run
+# long enough that every stop lands mid-epoch (digits has 42 batches of 32 an epoch), one thread per process
+# so that every run compared does the same arithmetic.
+REFERENCE_STEPS = 12
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def reference_arguments(output_dir, name, *overrides) -> list[str]:
+    """The command-line arguments of a reference-length run of the tests' tiny recipe."""
+    return [
+        str(QUICKSTART), *TINY_RUN, f"train.max_steps={REFERENCE_STEPS}", "train.checkpoint_every=100",
+        f"run.output_dir={output_dir}", f"run.name={name}", *overrides,
+    ]  # fmt: skip
+
+
+def launch_pretraining(launcher, output_dir, name, *overrides, **options):
+    """Start a reference-length pretraining with `launcher` (ssl_toolkit.process.launch), one thread per
+    process, its output in `output_dir/name.log`; returns the `Launched`."""
+    from ssl_toolkit.process.launch import Command
+
+    command = Command.of_module("ssl_toolkit.pretrain", reference_arguments(output_dir, name, *overrides))
+    return launcher.start(
+        command, log=Path(output_dir) / f"{name}.log", environment=ONE_THREAD, cwd=REPO, **options
+    )
+
+
+def pretrain_to_the_end(launcher, output_dir, name, *overrides) -> RunDirectory:
+    """A reference-length pretraining run to its end with `launcher`; fails the test with its log if not."""
+    finished = launch_pretraining(launcher, output_dir, name, *overrides).wait(timeout=300)
+    log = Path(output_dir) / f"{name}.log"
+    assert finished.exit_code == 0, log.read_text()[-3000:]
+    return RunDirectory(Path(output_dir) / name)

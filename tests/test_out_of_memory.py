@@ -11,7 +11,9 @@ import torch
 from pretraining_runs import QUICKSTART, TINY_RUN
 
 from ssl_toolkit.pretrain import main
-from ssl_toolkit.process.status import ExitCode
+from ssl_toolkit.process.outcome import read_outcome
+from ssl_toolkit.process.status import ExitCode, Status
+from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training.objective import ContrastiveObjective
 
 WHAT_TO_LOWER = ("train.batch_size", "train.grad_cache_chunk", "data.image_size", "train.mixed_precision")
@@ -48,6 +50,11 @@ def test_an_allocation_failure_in_the_step_exits_5_with_one_line(failure, tmp_pa
     )
     assert all(key in err for key in WHAT_TO_LOWER), err
     assert "Traceback" not in err
+    outcome = read_outcome(RunDirectory(tmp_path / failure).outcome)  # what a caller reads instead of stderr
+    assert (outcome.status, outcome.step) == (
+        Status.OUT_OF_MEMORY,
+        0,
+    ) and err == f"error: {outcome.message}\n"
 
 
 def test_another_runtime_error_keeps_its_traceback(tmp_path, monkeypatch):
@@ -65,7 +72,6 @@ LIMITED_PRETRAINING = textwrap.dedent(
     """
     import resource, sys
     from ssl_toolkit.pretrain import main
-from ssl_toolkit.process.status import ExitCode
 
     with open("/proc/self/status") as status:
         mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))

@@ -1,4 +1,9 @@
-"""Stop signals (SLURM preemption, Ctrl-C, SIGUSR1): checkpoint at the next step, exit 4, resume exactly."""
+"""Stop signals (SLURM preemption, Ctrl-C, SIGUSR1): checkpoint at the next step, exit 4, resume exactly.
+
+Each signal stops an in-process run at a step boundary with a checkpoint; real processes (one, one under
+`accelerate launch`, two) are stopped by SIGTERM and resumed, and end equal, bit for bit, to the session's
+uninterrupted reference runs.
+"""
 
 from __future__ import annotations
 
@@ -12,53 +17,30 @@ import time
 
 import pytest
 import torch
-from pretraining_runs import QUICKSTART, REPO, TINY_RUN, records
+from pretraining_runs import (
+    REFERENCE_STEPS,
+    REPO,
+    launch_pretraining,
+    pretrain_tiny,
+    pretrain_to_the_end,
+    records,
+    reference_arguments,
+)
 from safetensors.torch import load_file
 
-from ssl_toolkit.process.status import ExitCode
+from ssl_toolkit.config import ConfigError
+from ssl_toolkit.process.launch import AccelerateLaunch, Subprocess
+from ssl_toolkit.process.outcome import read_outcome
+from ssl_toolkit.process.status import ExitCode, Status
 from ssl_toolkit.run_dir import RunDirectory
-from ssl_toolkit.training.stop_signals import REPEAT_AFTER_S
-
-pytestmark = pytest.mark.slow
-
-STEPS = 12  # digits has 42 batches of 32 an epoch: every stop below is mid-epoch
-PYTHON = [sys.executable, "-m", "ssl_toolkit.pretrain"]
-LAUNCH_ONE = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "-m", "ssl_toolkit.pretrain"]  # fmt: skip
-LAUNCH_TWO = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "-m", "ssl_toolkit.pretrain"]  # fmt: skip
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same arithmetic in every run compared
+from ssl_toolkit.training.objective import ContrastiveObjective
+from ssl_toolkit.training.stop_signals import REPEAT_AFTER_S, TrainingInterrupted
 
 
-def _arguments(output_dir, name, *overrides):
-    return [str(QUICKSTART), *TINY_RUN, f"train.max_steps={STEPS}", "train.checkpoint_every=100",
-            f"run.output_dir={output_dir}", f"run.name={name}", *overrides]  # fmt: skip
-
-
-def _run(launcher, output_dir, name, *overrides):
-    log = output_dir / f"{name}.log"
-    with log.open("a") as handle:
-        result = subprocess.run(
-            [*launcher, *_arguments(output_dir, name, *overrides)],
-            cwd=REPO, env=ENV, stdout=handle, stderr=subprocess.STDOUT, timeout=300,
-        )  # fmt: skip
-    assert result.returncode == 0, log.read_text()[-3000:]
-    return RunDirectory(output_dir / name)
-
-
-def _start(launcher, output_dir, name):
-    log = (output_dir / f"{name}.log").open("w")  # a file: a full pipe would stall the run
-    return subprocess.Popen(
-        [*launcher, *_arguments(output_dir, name)], cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT
-    )
-
-
-def _wait_for_step(process, run: RunDirectory, step: int) -> None:
+def _wait_for_step(launched, run: RunDirectory, step: int) -> None:
     deadline = time.monotonic() + 180
     while not any(record["step"] >= step for record in records(run.path)):
-        assert process.poll() is None, f"the run ended early with {process.returncode}"
+        assert launched.poll() is None, f"the run ended early with {launched.poll()}"
         assert time.monotonic() < deadline, f"step {step} never came"
         time.sleep(0.05)
 
@@ -79,7 +61,7 @@ def _wait_for_unlock(run: RunDirectory, timeout: float = 120) -> None:
 
 def _assert_same_run(reference: RunDirectory, resumed: RunDirectory) -> None:
     steps = [record["step"] for record in records(resumed.path)]
-    assert steps == list(range(1, STEPS + 1))  # every step once
+    assert steps == list(range(1, REFERENCE_STEPS + 1))  # every step once
     for a, b in zip(records(reference.path), records(resumed.path), strict=True):
         assert a["loss"] == b["loss"], f"step {a['step']}"
     expected, got = load_file(str(reference.encoder)), load_file(str(resumed.encoder))
@@ -87,65 +69,85 @@ def _assert_same_run(reference: RunDirectory, resumed: RunDirectory) -> None:
     assert all(torch.equal(expected[name], got[name]) for name in expected)
 
 
-@pytest.fixture(scope="module")
-def one_process_reference(tmp_path_factory):
-    return _run(PYTHON, tmp_path_factory.mktemp("reference"), "straight")
+def _the_only_checkpoint_step(run: RunDirectory) -> int:
+    (checkpoint,) = run.checkpoint_dirs()
+    return int(checkpoint.name.split("_")[1])
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=lambda s: s.name)
-def test_a_signal_stops_one_process_with_a_checkpoint_and_the_resume_is_exact(
-    tmp_path, one_process_reference, stop
+def test_each_stop_signal_ends_the_run_after_its_step_with_a_checkpoint_and_an_outcome(
+    tmp_path, monkeypatch, capsys, stop
 ):
-    run = RunDirectory(tmp_path / "stopped")
-    process = _start(PYTHON, tmp_path, "stopped")
-    _wait_for_step(process, run, 3)
-    process.send_signal(stop)
-    assert process.wait(timeout=120) == ExitCode.INTERRUPTED
-    output = (tmp_path / "stopped.log").read_text()
-    assert f"{stop.name} received" in output and "stopped by a signal after step" in output
-    (checkpoint,) = run.checkpoint_dirs()
-    stopped_at = int(checkpoint.name.split("_")[1])
-    assert 3 <= stopped_at < STEPS and not run.encoder.exists()
-    assert records(run.path)[-1]["step"] == stopped_at
+    real_loss_of, calls = ContrastiveObjective.loss_of, []
 
-    resumed = _run(PYTHON, tmp_path, "stopped", "train.resume=auto")
+    def loss_of_signalled_in_step_3(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), stop)  # arrives in the middle of step 3, as a scheduler's would
+        return real_loss_of(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveObjective, "loss_of", loss_of_signalled_in_step_3)
+    with pytest.raises(TrainingInterrupted, match="stopped by a signal after step 3"):
+        pretrain_tiny(tmp_path, "stopped", "train.max_steps=6", "train.checkpoint_every=100")
+    run = RunDirectory(tmp_path / "stopped")
+    assert f"{stop.name} received: stopping after this step" in capsys.readouterr().err
+    assert _the_only_checkpoint_step(run) == 3 and records(run.path)[-1]["step"] == 3
+    assert not run.encoder.exists()
+    outcome = read_outcome(run.outcome)
+    assert (outcome.status, outcome.step, outcome.exit_code) == (Status.INTERRUPTED, 3, ExitCode.INTERRUPTED)
+    assert signal.getsignal(stop) in (signal.default_int_handler, signal.SIG_DFL)  # handlers given back
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_process_which_resumes_to_the_uninterrupted_run(tmp_path, one_process_reference):
+    run = RunDirectory(tmp_path / "stopped")
+    launched = launch_pretraining(Subprocess(), tmp_path, "stopped")
+    _wait_for_step(launched, run, 3)
+    launched.process.send_signal(signal.SIGTERM)
+    finished = launched.wait(timeout=120)
+    assert finished.exit_code == ExitCode.INTERRUPTED and finished.outcome.status is Status.INTERRUPTED
+    stopped_at = _the_only_checkpoint_step(run)
+    assert 3 <= stopped_at < REFERENCE_STEPS and not run.encoder.exists()
+    assert records(run.path)[-1]["step"] == stopped_at == finished.outcome.step
+
+    resumed = pretrain_to_the_end(Subprocess(), tmp_path, "stopped", "train.resume=auto")
     assert f"at step {stopped_at}" in (tmp_path / "stopped.log").read_text()
     _assert_same_run(one_process_reference, resumed)
 
 
-def test_sigterm_to_accelerate_launch_reaches_the_run_which_checkpoints(tmp_path, one_process_reference):
+@pytest.mark.slow
+def test_sigterm_to_a_one_process_accelerate_launch_reaches_the_run_which_checkpoints(tmp_path):
     """The single-process launcher forwards no signal; the run hears of its death and stops the same way."""
     run = RunDirectory(tmp_path / "launched")
-    launcher = _start(LAUNCH_ONE, tmp_path, "launched")
-    _wait_for_step(launcher, run, 3)
-    launcher.send_signal(signal.SIGTERM)
-    launcher.wait(timeout=60)
+    launched = launch_pretraining(AccelerateLaunch(num_processes=1), tmp_path, "launched")
+    _wait_for_step(launched, run, 3)
+    launched.process.send_signal(signal.SIGTERM)
+    launched.wait(timeout=60)
     _wait_for_unlock(run)
     assert "stopped by a signal after step" in (tmp_path / "launched.log").read_text()
-    assert len(run.checkpoint_dirs()) == 1
-    _assert_same_run(one_process_reference, _run(LAUNCH_ONE, tmp_path, "launched", "train.resume=auto"))
+    assert read_outcome(run.outcome).step == _the_only_checkpoint_step(run) >= 3
 
 
-def test_sigterm_stops_both_processes_of_a_two_process_run_at_the_same_step(tmp_path):
-    reference = _run(LAUNCH_TWO, tmp_path, "straight")
+@pytest.mark.slow
+def test_sigterm_stops_both_processes_at_one_step_and_they_resume_to_the_uninterrupted_run(
+    tmp_path, two_process_reference
+):
     run = RunDirectory(tmp_path / "stopped")
-    launcher = _start(LAUNCH_TWO, tmp_path, "stopped")
-    _wait_for_step(launcher, run, 3)
-    launcher.send_signal(signal.SIGTERM)  # the launcher passes it on to both processes
-    assert launcher.wait(timeout=120) != 0
+    launched = launch_pretraining(AccelerateLaunch(num_processes=2), tmp_path, "stopped")
+    _wait_for_step(launched, run, 3)
+    launched.process.send_signal(signal.SIGTERM)  # the launcher passes it on to both processes
+    assert launched.wait(timeout=120).exit_code != 0
     _wait_for_unlock(run)
     output = (tmp_path / "stopped.log").read_text()
     assert output.count("stopped by a signal after step") == 2  # each process, the same step
-    (checkpoint,) = run.checkpoint_dirs()
+    checkpoint = run.checkpoint(_the_only_checkpoint_step(run))
     assert {f"random_states_{rank}.pkl" for rank in (0, 1)} <= {p.name for p in checkpoint.iterdir()}
 
-    one_process = subprocess.run(
-        [*PYTHON, *_arguments(tmp_path, "stopped", "train.resume=auto")],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert one_process.returncode == 2 and "num_processes 2 → 1" in one_process.stderr
+    with pytest.raises(ConfigError, match="num_processes 2 → 1"):  # one process may not take it over
+        pretrain_tiny(tmp_path, "stopped", f"train.max_steps={REFERENCE_STEPS}", "train.resume=auto")
 
-    _assert_same_run(reference, _run(LAUNCH_TWO, tmp_path, "stopped", "train.resume=auto"))
+    resumed = pretrain_to_the_end(AccelerateLaunch(num_processes=2), tmp_path, "stopped", "train.resume=auto")
+    _assert_same_run(two_process_reference, resumed)
 
 
 STOP_SIGNALS_SCRIPT = textwrap.dedent(
@@ -160,6 +162,7 @@ STOP_SIGNALS_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_second_signal_exits_at_once_but_a_repeat_within_the_window_does_not(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-c", STOP_SIGNALS_SCRIPT], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -180,23 +183,26 @@ def test_a_second_signal_exits_at_once_but_a_repeat_within_the_window_does_not(t
     assert "SIGTERM received: stopping after this step" in errors and "SIGINT received again" in errors
 
 
+@pytest.mark.slow
 def test_a_stalled_peer_stops_every_process_with_a_message_after_the_collective_timeout(tmp_path):
-    launch = [*LAUNCH_TWO[:-2], str(REPO / "tests" / "stalled_peer_run.py")]
-    log = tmp_path / "stalled.log"
+    from ssl_toolkit.process.launch import Command
+
+    arguments = reference_arguments(
+        tmp_path, "stalled", "train.collective_timeout_s=3", "train.checkpoint_every=1"
+    )
+    command = Command.of_script(REPO / "tests" / "stalled_peer_run.py", arguments)
     started = time.monotonic()
-    arguments = _arguments(tmp_path, "stalled", "train.collective_timeout_s=4", "train.checkpoint_every=1")
-    with log.open("w") as handle:
-        result = subprocess.run(
-            [*launch, *arguments], cwd=REPO, env={**ENV, "STALL_SECONDS": "12"}, stdout=handle,
-            stderr=subprocess.STDOUT, timeout=300,
-        )  # fmt: skip
-    output = log.read_text()
-    assert result.returncode != 0
-    # Both processes say it in one line: the waiting one after 4 s, the stalled one when it comes back.
-    assert output.count("error: another process stopped answering for train.collective_timeout_s=4 s") == 2, (
+    finished = AccelerateLaunch(num_processes=2).run(
+        command, log=tmp_path / "stalled.log", environment={"STALL_SECONDS": "7", "OMP_NUM_THREADS": "1"}
+    )
+    output = (tmp_path / "stalled.log").read_text()
+    assert finished.exit_code != 0
+    # Both processes say it in one line: the waiting one after 3 s, the stalled one when it comes back.
+    assert output.count("error: another process stopped answering for train.collective_timeout_s=3 s") == 2, (
         output[-3000:]
     )
     assert "the last good checkpoint is" in output and "step_00000002" in output
+    assert finished.outcome.status is Status.INTERRUPTED
     assert time.monotonic() - started < 120
 
 

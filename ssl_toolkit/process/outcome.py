@@ -57,7 +57,7 @@ class Outcome:
         """The outcome a process that raised `error` ends with (status error for a bug)."""
         failure = as_failure(error, memory_advice)
         if failure is not None:
-            return cls(failure.status, _one_line(str(failure)), step)
+            return cls(failure.status, _one_line(str(failure)), step if step is not None else failure.step)
         if isinstance(error, KeyboardInterrupt):
             return cls(Status.INTERRUPTED, "KeyboardInterrupt", step)
         if isinstance(error, SystemExit):  # argparse's usage errors exit 2

@@ -75,9 +75,10 @@ _SEVERITY = [
 
 class RunFailure(Exception):
     """An error the user can act on: the command prints its message as one line and exits with its
-    status's code. Subclasses name their status."""
+    status's code. Subclasses name their status; `step` is the last training step done, where known."""
 
     status: ClassVar[Status] = Status.ERROR
+    step: int | None = None
 
 
 class OutOfMemory(RunFailure):
