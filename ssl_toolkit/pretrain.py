@@ -199,7 +199,7 @@ LOWER_MEMORY_ADVICE = (
 def main(argv: list[str] | None = None) -> int:
     """`python -m ssl_toolkit.pretrain RECIPE [section.key=value ...]`; the exit code is `ExitCode`'s: 0 done,
     2 a bad config or input or a full disk, 3 the loss diverged, 4 stopped by a signal or a lost peer with the
-    run resumable, 5 out of memory."""
+    run resumable, 5 short of memory."""
     parser = argparse.ArgumentParser(prog="ssl_toolkit.pretrain", description=__doc__)
     args = add_recipe_arguments(parser).parse_args(argv)
     stop_with_parent()

@@ -1,8 +1,8 @@
 """The scaffold every blockwise loss stands on: anchors in row blocks, the gradient computed in the forward.
 
 A batch loss over n anchors and T candidates needs, per anchor, its similarities to every candidate.
-Materialising the (n, T) similarities and letting autograd keep them is what makes other libraries run
-out of memory at a few thousand embeddings. A blockwise loss instead walks over the anchors in row blocks
+Materialising the (n, T) similarities and letting autograd keep them is what makes other libraries
+exhaust memory at a few thousand embeddings. A blockwise loss instead walks over the anchors in row blocks
 (`row_blocks`), so memory grows as block·T, and since every quantity the gradient needs is at hand while a
 block is computed, it adds that block's gradient with respect to the anchors, the candidates and its own
 learnable parameters into `Gradients` there and then. Backward only scales what the forward accumulated.
