@@ -3,7 +3,6 @@ through the real loop and is evaluated by the real probe and kNN; the loop impor
 
 from __future__ import annotations
 
-import ast
 import copy
 from pathlib import Path
 
@@ -142,30 +141,3 @@ def test_a_kind_without_its_own_subset_pretrains_on_a_stratified_fraction(vector
     assert torch.bincount(dataset.targets).tolist() == [50] * CLASSES
     views, target = kind.training_data(dataset, torch.device("cpu")).dataset[7]
     assert len(views) == 3 and target == int(dataset.targets[7])
-
-
-def _imports(path: Path) -> set[str]:
-    modules = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            modules |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            modules.add(node.module or "")
-    return modules
-
-
-IMAGE_SPECIFIC = (
-    "ssl_toolkit.kinds.images.views",
-    "ssl_toolkit.kinds.images.backbones",
-    "ssl_toolkit.kinds.images.datasets",
-    "ssl_toolkit.kinds.images.kind",
-)
-IMAGE_LIBRARIES = ("torchvision", "timm", "kornia", "PIL")
-
-
-@pytest.mark.parametrize(
-    "module", [PACKAGE / "pretrain.py", *sorted((PACKAGE / "training").glob("*.py"))], ids=lambda p: p.name
-)
-def test_the_loop_and_its_helpers_import_nothing_image_specific(module):
-    imported = _imports(module)
-    assert not [name for name in imported if name.startswith(IMAGE_SPECIFIC + IMAGE_LIBRARIES)]

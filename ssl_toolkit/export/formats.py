@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.encoder_file import TrainedEncoder
-
-if TYPE_CHECKING:
-    from ssl_toolkit.kinds.images.backbones import EncoderSpec
 
 FORMATS = ("timm", "hf", "onnx", "torchscript")
 TIMM_FORMATS = ("timm", "hf")  # rebuilt by plain timm from the architecture's name and arguments
@@ -57,8 +54,9 @@ def other_formats(trained: TrainedEncoder, format: str) -> str:
     return " or --format ".join(others)
 
 
-def _not_plain_timm(spec: EncoderSpec) -> str | None:
-    """What keeps plain timm from building `spec`'s backbone by name and keyword arguments, or None."""
+def _not_plain_timm(spec: Any) -> str | None:
+    """What keeps plain timm from building the backbone of an image encoder's `spec` (its `backbone` name
+    and `cifar_stem`) by name and keyword arguments, or None."""
     import timm
 
     if not timm.is_model(spec.backbone):
