@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -20,10 +21,16 @@ from ssl_toolkit.training.checkpoint_files import PROGRESS_FILE, checkpoint_prob
 FOUR_STEPS = ("train.max_steps=4", "train.checkpoint_every=2")
 
 
+@pytest.fixture(scope="module")
+def _run_stopped_at_4(tmp_path_factory):
+    return pretrain_tiny(tmp_path_factory.mktemp("stopped"), "run", *FOUR_STEPS)
+
+
 @pytest.fixture
-def stopped_at_4(tmp_path):
-    """A run stopped at step 4 with checkpoints at steps 2 and 4 (the run is extended to 6 below)."""
-    return RunDirectory(pretrain_tiny(tmp_path, "run", *FOUR_STEPS))
+def stopped_at_4(_run_stopped_at_4, tmp_path):
+    """A run stopped at step 4 with checkpoints at steps 2 and 4 (the run is extended to 6 below): this
+    test's own copy, trained once for the module."""
+    return RunDirectory(shutil.copytree(_run_stopped_at_4, tmp_path / "run", symlinks=True))
 
 
 def _resume(run: RunDirectory, *overrides):
@@ -56,11 +63,12 @@ def test_a_changed_number_of_processes_is_refused(stopped_at_4):
         _resume(stopped_at_4, "train.max_steps=6")
 
 
-def test_allowed_and_harmless_changes_pass_and_are_recorded(stopped_at_4):
+def test_allowed_and_harmless_changes_pass_and_are_recorded(stopped_at_4, _run_stopped_at_4):
     _resume(stopped_at_4, "train.max_steps=6", "log.every=2", "optim.lr=0.2", "train.resume_allow=[optim.lr]")
     (resume,) = [json.loads(line) for line in stopped_at_4.resumes.read_text().splitlines()]
     assert resume["step"] == 4 and resume["checkpoint"].endswith("step_00000004")
     assert resume["changed"] == {
+        "run.output_dir": [str(_run_stopped_at_4.parent), str(stopped_at_4.path.parent)],  # moved: harmless
         "log.every": [1, 2],
         "optim.lr": [0.3, 0.2],
         "train.max_steps": [4, 6],
