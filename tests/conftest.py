@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 from pretraining_runs import pretrain_tiny, pretrain_to_the_end, reset_accelerate
+from two_process_evaluations import evaluate_on_two_processes
 
 from ssl_toolkit.process.launch import AccelerateLaunch, Subprocess
 
@@ -38,3 +39,9 @@ def one_process_reference(tmp_path_factory):
 def two_process_reference(tmp_path_factory):
     """The same for two processes (`accelerate launch --multi_gpu --num_processes 2`, gloo)."""
     return pretrain_to_the_end(AccelerateLaunch(num_processes=2), tmp_path_factory.mktemp("reference"), "two")
+
+
+@pytest.fixture(scope="session")
+def two_process_evaluations(_finished_tiny_run, tmp_path_factory):
+    """The evaluation commands that tests check under two processes, run in one launch (read-only)."""
+    return evaluate_on_two_processes(_finished_tiny_run, tmp_path_factory.mktemp("two_process_evaluations"))

@@ -3,59 +3,51 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import shutil
 
 import pytest
 import torch
 from accelerate import Accelerator
-from pretraining_runs import QUICKSTART, TINY_RUN, records
+from pretraining_runs import REFERENCE_STEPS, records
 from safetensors.torch import load_file
 
 from ssl_toolkit.cli import main as cli_main
 from ssl_toolkit.eval.features import extract_features
 from ssl_toolkit.eval.run import EvaluationRun, frozen_embedding
-from ssl_toolkit.run_dir import RunDirectory
-
-LAUNCH = [
-    sys.executable, "-m", "accelerate.commands.launch",
-    "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-    "--mixed_precision", "no", "--dynamo_backend", "no",
-]  # fmt: skip
+from ssl_toolkit.process.outcome import read_outcome
+from ssl_toolkit.process.status import Status
 
 
 @pytest.mark.slow
-def test_accelerate_launch_two_processes_then_evaluate(tmp_path):
-    command = [
-        *LAUNCH, "-m", "ssl_toolkit.pretrain", str(QUICKSTART),
-        *TINY_RUN, "train.max_steps=3", f"run.output_dir={tmp_path}", "run.name=two",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "global batch 64 (2 processes)" in result.stdout
-    run_dir = tmp_path / "two"
-    summary = RunDirectory(run_dir).read_summary()  # the peak memory, gathered over gloo
+def test_a_two_process_pretraining_reports_once_and_one_process_probes_it(two_process_reference, tmp_path):
+    run = two_process_reference
+    log = run.path.with_name(f"{run.path.name}.log").read_text()
+    assert "global batch 64 (2 processes)" in log
+    summary = run.read_summary()  # the peak memory, gathered over gloo
     assert summary["peak_memory_kind"] == "cpu_max_rss" and summary["peak_memory_mb"] > 50
-    assert [record["step"] for record in records(run_dir)] == [
-        1,
-        2,
-        3,
-    ]  # written once, by the main process only
+    # Written once, by the main process only.
+    assert [record["step"] for record in records(run.path)] == list(range(1, REFERENCE_STEPS + 1))
+    assert read_outcome(run.outcome).status is Status.OK
+    assert not list(run.path.glob("outcome.json.rank*"))  # other processes write theirs only on failure
 
-    # Evaluation on 2 processes: each embeds half of every split; the gathered features come back in
-    # dataset order without the padding that evens out the last batch (450 test digits, batch 256).
-    command = [*LAUNCH, "-m", "ssl_toolkit.cli", "knn", str(run_dir), "--k", "20"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("kNN on") == 1  # reported by the main process only
-    knn = json.loads(RunDirectory(run_dir).knn.read_text())
+    copy = shutil.copytree(run.path, tmp_path / "run")
+    assert cli_main(["probe", str(copy)]) == 0
+    probe = json.loads((copy / "probe.json").read_text())
+    assert {"top1", "top5", "auroc", "num_train", "num_test", "feature_dim", "features"} <= probe.keys()
+
+
+@pytest.mark.slow
+def test_knn_on_two_processes_gathers_the_features_in_dataset_order_and_reports_once(two_process_evaluations):
+    # Each process embeds half of every split; the gathered features come back in dataset order without
+    # the padding that evens out the last batch (450 test digits, batch 256).
+    evaluated = two_process_evaluations
+    main, other = evaluated.printed("knn")
+    assert main["exit_code"] == other["exit_code"] == 0, main["stderr"][-3000:]
+    assert main["stdout"].count("kNN on") == 1 and "kNN on" not in other["stdout"]
+    knn = json.loads(evaluated.tiny.knn.read_text())
     assert (knn["num_train"], knn["num_test"]) == (1347, 450)
-    cached = load_file(str(RunDirectory(run_dir).features / "backbone_test.safetensors"))
-    run = EvaluationRun(run_dir)
+    cached = load_file(str(evaluated.tiny.features / "backbone_test.safetensors"))
+    run = EvaluationRun(evaluated.tiny.path)
     single = extract_features(frozen_embedding(run.encoder, "backbone"), run.test_set, Accelerator(cpu=True))
     torch.testing.assert_close(cached["features"], single[0], rtol=1e-5, atol=1e-5)
     assert torch.equal(cached["targets"], single[1])
-
-    assert cli_main(["probe", str(run_dir)]) == 0
-    probe = json.loads(RunDirectory(run_dir).probe.read_text())
-    assert {"top1", "top5", "auroc", "num_train", "num_test", "feature_dim", "features"} <= probe.keys()

@@ -7,11 +7,10 @@ import shutil
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from PIL import Image
+from image_folders import CLASSES, TEST_PER_CLASS, TRAIN_PER_CLASS, corrupt_file, write_folder
 from pretraining_runs import pretrain_tiny
 
 from ssl_toolkit.cli import main as cli_main
@@ -23,34 +22,11 @@ from ssl_toolkit.eval.run import EvaluationRun
 from ssl_toolkit.kinds.images.datasets import UnreadableImageWarning, create_dataset
 from ssl_toolkit.run_dir import RunDirectory
 
-CLASSES = ("a", "b", "c")
-TRAIN_PER_CLASS, TEST_PER_CLASS = 12, 5
-
-
-def corrupt_file(path: Path) -> Path:
-    """Random bytes under an image name."""
-    path.write_bytes(np.random.default_rng(1).integers(0, 256, size=500, dtype=np.uint8).tobytes())
-    return path
-
-
-def _write_folder(root: Path) -> Path:
-    """Colour images whose class sets the mean colour, the first file of train/ and test/ grayscale."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
-        for index, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 80, size=(10, 10, 3)) + 80 * np.eye(3, dtype=int)[index]
-                Image.fromarray(pixels.astype(np.uint8), "RGB").save(folder / f"img_{i:02d}.png")
-        Image.new("L", (10, 10), 100).save(root / split / "a" / "000_gray.png")
-    return root
-
 
 @pytest.fixture(scope="module")
 def _folder_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("folder_run")
-    root = _write_folder(base / "images")
+    root = write_folder(base / "images")
     run_dir = pretrain_tiny(
         base / "runs", "folder", "data.name=imagefolder", f"data.root={root}", "log.knn_every=1"
     )
@@ -159,29 +135,20 @@ def test_training_still_replaces_an_unreadable_image_by_the_next(folder_run):
 
 
 @pytest.mark.slow
-def test_two_processes_drop_the_same_unreadable_image_as_one(folder_run, tmp_path):
-    import subprocess
-    import sys
-
+def test_two_processes_drop_the_same_unreadable_image_as_one(two_process_evaluations):
     from safetensors.torch import load_file
 
-    root, run_dir, overrides = folder_run
-    (root / "test" / "c" / "img_04.png").unlink()  # 15 test images: the processes' shares need padding
-    corrupt_file(root / "test" / "b" / "img_02.png")
-    launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-    ]  # fmt: skip
-    command = [*launch, "-m", "ssl_toolkit.cli", "knn", str(run_dir), *overrides, "--k", "5"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.count("left out 1 unreadable test image") == 1  # the main process reports
-    knn = json.loads(RunDirectory(run_dir).knn.read_text())
+    evaluated = two_process_evaluations
+    main, other = evaluated.printed("folder_knn")
+    assert main["exit_code"] == other["exit_code"] == 0, main["stderr"][-3000:] + other["stderr"][-3000:]
+    # The main process reports, once.
+    assert main["stderr"].count("left out 1 unreadable test image") == 1 and "left out" not in other["stderr"]
+    knn = json.loads(evaluated.folder.knn.read_text())
     assert knn["num_test"] == 3 * TEST_PER_CLASS + 1 - 2 and knn["unreadable_images"] == 1
-    cached = load_file(str(RunDirectory(run_dir).features / "backbone_test.safetensors"))
+    cached = load_file(str(evaluated.folder.features / "backbone_test.safetensors"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnreadableImageWarning)
-        run = EvaluationRun(run_dir, overrides)
+        run = EvaluationRun(evaluated.folder.path, [f"data.root={evaluated.images}"])
         single = extract_features(run.encoder.backbone.eval(), run.test_set, Accelerator(cpu=True))
     torch.testing.assert_close(cached["features"], single[0], rtol=1e-5, atol=1e-5)
     assert torch.equal(cached["targets"], single[1])

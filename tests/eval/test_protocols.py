@@ -4,8 +4,6 @@ labels, RankMe, and the UMAP map."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -167,18 +165,12 @@ def test_a_umap_map_of_the_test_features(tiny_run, capsys):
 
 
 @pytest.mark.slow
-def test_sgd_probe_and_finetuning_run_under_accelerate_launch(tiny_run):
-    launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ssl_toolkit.cli",
-    ]  # fmt: skip
-    for command in (
-        ["probe", str(tiny_run), "--protocol", "sgd", "--epochs", "1"],
-        ["finetune", str(tiny_run), "--label-fraction", "0.1", "--epochs", "1"],
-    ):
-        result = subprocess.run([*launch, *command], capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-    probe = json.loads(RunDirectory(tiny_run).probe_result("linear", "sgd").read_text())
-    finetune = json.loads(RunDirectory(tiny_run).finetune.read_text())["0.1"]
+def test_sgd_probe_and_finetuning_run_under_accelerate_launch(two_process_evaluations):
+    evaluated = two_process_evaluations
+    for command in ("sgd_probe", "finetune"):
+        for process in evaluated.printed(command):
+            assert process["exit_code"] == 0, process["stderr"][-3000:]
+    probe = json.loads(evaluated.tiny.probe_result("linear", "sgd").read_text())
+    finetune = json.loads(evaluated.tiny.finetune.read_text())["0.1"]
     for result in (probe, finetune):
         assert result["processes"] == 2 and result["global_batch"] == 512 and result["num_test"] == 450
