@@ -1,5 +1,5 @@
-"""A wheel built from the repository works outside it: packaged recipes, the command, the version; it carries
-the license."""
+"""A wheel built from the repository works outside it: packaged recipes and studies, the command, the version;
+it carries the license."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ import pytest
 from pretraining_runs import REPO
 
 from ssl_toolkit import __version__
-from ssl_toolkit.run_dir import RunDirectory
+
+PACKAGED_FILES_LOAD = """
+from ssl_toolkit.config import load_config
+from ssl_toolkit.study.spec import load_study
+from importlib.resources import files
+studies = files("ssl_toolkit") / "recipes" / "studies"
+print(load_config("quickstart").data.name, sum(len(load_study(p).cells()) for p in studies.iterdir()))
+"""
 
 
 def _run(command: list, cwd: Path) -> str:
@@ -24,7 +31,7 @@ def _run(command: list, cwd: Path) -> str:
 
 
 @pytest.mark.slow
-def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_packaged_quickstart(tmp_path):
+def test_the_wheel_installs_into_a_fresh_venv_with_its_recipes_and_command(tmp_path):
     # Built from a copy, so that the build writes nothing into the repository.
     source = tmp_path / "source"
     shutil.copytree(
@@ -62,8 +69,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_packaged_quickstart(t
     assert _run([command, "--version"], elsewhere).strip() == f"ssl-toolkit {__version__}"
     listing = _run([command, "recipes"], elsewhere)
     assert "quickstart" in listing and "imagenet_simclr_resnet50" in listing
-    _run(
-        [command, "pretrain", "quickstart", "train.max_steps=2", "log.trackers=[]", "log.every=1"], elsewhere
-    )
-    run = RunDirectory(elsewhere / "runs" / "quickstart")
-    assert [record["step"] for record in run.read_metrics()] == [1, 2] and run.encoder.is_file()
+    # The packaged recipes and study files load from the installed package (what pretraining reads first;
+    # the training itself is the same code the rest of the suite runs from the repository).
+    loaded = _run([python, "-c", PACKAGED_FILES_LOAD], elsewhere).split()
+    assert loaded[0] == "digits" and int(loaded[1]) > 0
