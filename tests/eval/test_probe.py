@@ -68,10 +68,15 @@ def test_metrics_agree_with_scikit_learn():
     assert report["top1"] == pytest.approx((scores.argmax(1) == targets).float().mean().item())
 
 
-def test_probe_command_writes_probe_json(tiny_run):
-    result = run_probe(tiny_run, baselines=True)
+def test_probe_command_writes_probe_json_and_prints_each_baseline(tiny_run, capsys):
+    from ssl_toolkit.cli import main
+
+    assert main(["probe", str(tiny_run), "--baselines"]) == 0
+    printed = capsys.readouterr().out
+    assert "pretrained encoder" in printed and "same backbone, untrained" in printed
+    assert "raw pixels" in printed and "probe.json" in printed
     written = json.loads(RunDirectory(tiny_run).probe.read_text())
-    assert written["top1"] == result["top1"]
+    assert f"top-1 {100 * written['top1']:.2f}%" in printed
     required = {"top1", "top5", "auroc", "num_train", "num_test", "feature_dim", "features"}
     assert required | {"random_init_top1", "raw_pixels_top1"} <= written.keys()
     assert written["num_train"] == 1347 and written["num_test"] == 450
@@ -80,15 +85,6 @@ def test_probe_command_writes_probe_json(tiny_run):
         assert 0.1 < written[key] <= 1.0  # far above chance on digits, even untrained
     assert written["raw_pixels_top1"] > 0.8
     assert written["baselines"] == ["random_init", "raw_pixels"]
-
-
-def test_probe_command_prints_each_baseline(tiny_run, capsys):
-    from ssl_toolkit.cli import main
-
-    assert main(["probe", str(tiny_run), "--baselines"]) == 0
-    printed = capsys.readouterr().out
-    assert "pretrained encoder" in printed and "same backbone, untrained" in printed
-    assert "raw pixels" in printed and "probe.json" in printed
 
 
 def test_probe_of_both_features_reports_h_and_z(tiny_run):
