@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,10 @@ import pytest
 import torch
 from pretraining_runs import QUICKSTART, TINY_RUN, load_module, records
 
+from ssl_toolkit.process.launch import free_port
+
 WORKER = Path(__file__).resolve().parent / "losses" / "cross_process_losses.py"
 LAUNCH_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _kill_with_its_workers(pid: int) -> None:
@@ -39,7 +34,7 @@ def _kill_with_its_workers(pid: int) -> None:
 def _launch_two_machines(arguments: list[str], cwd: Path) -> list[tuple[int | None, str, str]]:
     """Run `accelerate launch ... arguments` as machine 0 and machine 1 at once; (returncode, stdout, stderr)
     of each, by machine rank, returncode None for a launch still running at the timeout."""
-    port = _free_port()
+    port = free_port()
     # One thread per process: the two processes share this machine's cores.
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     launches = []
