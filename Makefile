@@ -26,15 +26,19 @@ data:
 		echo "installing Debian's dataset-fashion-mnist (needs root)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }
 
+# Two pytest workers, one torch thread each (tests/conftest.py); the tests that share the session's reference
+# runs stay on one worker (--dist loadgroup). A fixed count, whatever the machine: the same tests run alike.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
 test: $(STAMP) data
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # The suite without the tests marked slow (subprocesses, several processes, torch.compile, the wheel build).
 test-fast: $(STAMP) data
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Every GPU figure in one run (at most 8 minutes on one H100/H200): a table on stdout, gpu_check.json and
 # gpu_check.md in a new folder under gpu_check/, and the table in BENCHMARKS.md's GPU section. On a machine whose

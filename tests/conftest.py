@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -7,6 +8,28 @@ from pretraining_runs import pretrain_tiny, pretrain_to_the_end, reset_accelerat
 from two_process_evaluations import evaluate_on_two_processes
 
 from ssl_toolkit.process.launch import AccelerateLaunch, Subprocess
+
+SHARED_RUNS = ("one_process_reference", "two_process_reference", "two_process_evaluations")
+
+
+def pytest_configure(config):
+    # Under pytest-xdist's workers (make test runs two): one torch thread per worker, and per process a
+    # test starts, so that two workers share two cores without oversubscribing them. Collection imports
+    # torch later than this, and the processes tests start inherit it.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    # Under --dist loadgroup, a group's tests run on one worker, which makes their shared fixtures once:
+    # the session's shared runs, and a module's own module-scoped fixtures (each worker would make its own).
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        definitions = fixtures.name2fixturedefs if fixtures is not None else {}
+        if set(SHARED_RUNS) & set(definitions):
+            item.add_marker(pytest.mark.xdist_group("shared_runs"))
+        elif any(d.scope == "module" for defs in definitions.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(autouse=True)

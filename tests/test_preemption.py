@@ -188,17 +188,17 @@ def test_a_stalled_peer_stops_every_process_with_a_message_after_the_collective_
     from ssl_toolkit.process.launch import Command
 
     arguments = reference_arguments(
-        tmp_path, "stalled", "train.collective_timeout_s=3", "train.checkpoint_every=1"
+        tmp_path, "stalled", "train.collective_timeout_s=2", "train.checkpoint_every=1"
     )
     command = Command.of_script(REPO / "tests" / "stalled_peer_run.py", arguments)
     started = time.monotonic()
     finished = AccelerateLaunch(num_processes=2).run(
-        command, log=tmp_path / "stalled.log", environment={"STALL_SECONDS": "7", "OMP_NUM_THREADS": "1"}
+        command, log=tmp_path / "stalled.log", environment={"STALL_SECONDS": "5", "OMP_NUM_THREADS": "1"}
     )
     output = (tmp_path / "stalled.log").read_text()
     assert finished.exit_code != 0
-    # Both processes say it in one line: the waiting one after 3 s, the stalled one when it comes back.
-    assert output.count("error: another process stopped answering for train.collective_timeout_s=3 s") == 2, (
+    # Both processes say it in one line: the waiting one after 2 s, the stalled one when it comes back.
+    assert output.count("error: another process stopped answering for train.collective_timeout_s=2 s") == 2, (
         output[-3000:]
     )
     assert "the last good checkpoint is" in output and "step_00000002" in output

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from accelerate import Accelerator
@@ -17,6 +14,7 @@ from ssl_toolkit.encoder_file import load_encoder
 from ssl_toolkit.kinds.images.backbones import create_encoder
 from ssl_toolkit.losses import create_loss
 from ssl_toolkit.optim import create_optimizer
+from ssl_toolkit.process.status import ExitCode
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training import objective as objective_module
 from ssl_toolkit.training.checkpoint_files import read_description
@@ -182,19 +180,15 @@ def test_a_corrupt_image_is_skipped_counted_and_the_run_finishes(tmp_path):
     assert "broken.png" in RunDirectory(run_dir).unreadable_inputs.read_text()
 
 
-@pytest.mark.slow
-def test_a_missing_dataset_stops_with_one_message_and_no_traceback(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "ssl_toolkit.pretrain", str(QUICKSTART),
-            "data.name=fashion_mnist", f"data.root={tmp_path / 'nowhere'}", f"run.output_dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert str(tmp_path / "nowhere") in result.stderr and "dataset-fashion-mnist" in result.stderr
+def test_a_missing_dataset_stops_with_one_message_and_no_traceback(tmp_path, capsys):
+    arguments = [
+        str(QUICKSTART), "data.name=fashion_mnist", f"data.root={tmp_path / 'nowhere'}",
+        f"run.output_dir={tmp_path}",
+    ]  # fmt: skip
+    assert pretrain_module.main(arguments) == ExitCode.BAD_INPUT
+    errors = capsys.readouterr().err
+    assert errors.startswith("error: data.name='fashion_mnist'") and "Traceback" not in errors
+    assert str(tmp_path / "nowhere") in errors and "dataset-fashion-mnist" in errors
 
 
 def test_wandb_offline_run_with_the_view_grid_lands_in_the_run_directory(tmp_path):

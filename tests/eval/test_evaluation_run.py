@@ -149,7 +149,7 @@ def test_results_and_plot_reach_the_runs_wandb_summary(tmp_path):
 
     run_dir = pretrain_tiny(tmp_path, "wandb", "log.trackers=[wandb]")
     (run_id,) = wandb_offline.run_ids(run_dir)
-    probe = run_probe(run_dir, baselines=True)
+    probe = run_probe(run_dir, baselines=True, weight_decay=1e-4)  # one fit per feature kind
     knn = run_knn(run_dir)
     run_plot(run_dir, max_points=100)
     # Each evaluation resumed the pretraining run by its id, so `wandb sync` merges them into one run.

@@ -118,9 +118,8 @@ def test_a_two_by_two_study_with_two_seeds_reports_mean_and_sample_std_of_its_re
 @pytest.mark.slow
 def test_a_study_of_subprocesses_killed_during_its_second_run_resumes_without_redoing_the_first(tmp_path):
     grid = {"loss.temperature": [0.2, 0.5]}
-    study = _write_study(
-        tmp_path, grid, seeds=[0], overrides=[*BASE, "train.max_steps=30", "train.checkpoint_every=5"]
-    )
+    overrides = [*BASE, "train.max_steps=30", "train.checkpoint_every=5", "log.knn_every=0"]
+    study = _write_study(tmp_path, grid, seeds=[0], overrides=overrides, evaluate=())
     output = tmp_path / "out"
     command = [sys.executable, "-m", "ssl_toolkit.cli", "study", str(study), "--output-dir", str(output)]
     first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers, as under pytest
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the tests' helpers, as under pytest
 
 from pretraining_runs import QUICKSTART, SEQUENCE_RUN
 
