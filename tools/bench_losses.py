@@ -11,26 +11,33 @@ positive pair); label losses get 100 random classes (`pml_ntxent` gets the pair 
 `floor` is the least any softmax contrastive loss can do with autograd: one N×N similarity matrix,
 diagonal masked, cross-entropy to the positive. Every other loss is reported relative to it.
 
-Method. Each (loss, N) runs in fresh subprocesses (this script with the hidden `--worker` flag), so
-peak memory is that case's alone and an out-of-memory failure only loses that case. A memory worker
-runs one warm-up forward+backward, then one pass whose peak is measured; if that succeeds, a time
-worker runs one warm-up and `--repeats` timed passes (time.perf_counter; the median is reported).
+Method. Each (loss, N) runs in fresh subprocesses (this script with the hidden `--worker` flag, started by
+`ssl_toolkit.process.launch.Subprocess`), so peak memory is that case's alone and an out-of-memory failure
+only loses that case. A memory worker runs one warm-up forward+backward, then one pass whose peak is
+measured; if that succeeds, a time worker runs one warm-up and `--repeats` timed passes
+(time.perf_counter; the median is reported). A worker writes its figures to a result file and ends through
+the toolkit's entry point, so the outcome file says how it ended: an allocation failure there (recognised
+by `ssl_toolkit.process.status.as_failure`) or a SIGKILL nobody here sent (the kernel's OOM killer) is
+reported as `OOM`, any other failure as `error:` and its message.
 
-- CPU memory: the rise of the process's resident set during the pass: VmHWM after it minus VmRSS
-  before it, with VmHWM reset to VmRSS by writing "5" to /proc/self/clear_refs (and freed heap
-  handed back with malloc_trim). By default glibc keeps freed blocks of up to 32 MiB resident for
-  reuse, which made the floor's peak at N = 2048 read twice its live size; so the memory worker
-  runs with MALLOC_MMAP_THRESHOLD_=262144 (every block of 256 KiB or more mapped on its own and
-  unmapped when freed) and the resident set follows live tensors. The time worker keeps glibc's
-  default, as a training run would. Where clear_refs is unavailable the measured pass is the first
-  one, without warm-up, and an upper bound (VmHWM may still hold the import peak).
-- CUDA memory: torch.cuda.max_memory_allocated() minus memory_allocated() before the pass.
-- Bounds: on CPU the worker's address space is capped with RLIMIT_AS at its size after imports
-  plus `--memory-limit-gb`, so a greedy loss fails at allocation with an error instead of pushing
-  the machine into swap or the OOM killer. CUDA reserves a huge virtual range, so under
-  `--device cuda` no RLIMIT_AS is set. In both cases the parent also polls the worker's VmRSS and
-  kills it above `--memory-limit-gb`, and kills it after `--timeout` seconds.
-- Threads: torch's default (reported in the header).
+Peak memory ("peak (MiB)") is the rise of the toolkit's one peak-memory measure
+(`ssl_toolkit.process.memory`) during the measured pass, over what was held just before it:
+- CPU: the process's resident-set high-water mark (VmHWM), restarted at the resident set (VmRSS) just
+  before the pass by `reset_peak_memory` (/proc/self/clear_refs), after freed heap was handed back with
+  malloc_trim. By default glibc keeps freed blocks of up to 32 MiB resident for reuse, which made the
+  floor's peak at N = 2048 read twice its live size; so the memory worker runs with
+  MALLOC_MMAP_THRESHOLD_=262144 (every block of 256 KiB or more mapped on its own and unmapped when freed)
+  and the resident set follows live tensors. The time worker keeps glibc's default, as a training run
+  would. Where the high-water mark cannot be restarted the measured pass is the first one, without
+  warm-up, and an upper bound (VmHWM may still hold the import peak).
+- CUDA: torch.cuda.max_memory_allocated() over memory_allocated() before the pass.
+Bounds: on CPU the worker's address space is capped (RLIMIT_AS, the launcher's `memory_limit_mb`) at this
+process's size once torch is imported and its threads started, plus `--memory-limit-gb`, so a greedy loss
+fails at allocation with an error instead of pushing the machine into swap or the OOM killer. CUDA
+reserves a huge virtual range, so under `--device cuda` no cap is set. In both cases the parent also
+watches the worker's resident set and kills it above `--memory-limit-gb` (`OOM`), and kills it after
+`--timeout` seconds (`timeout`).
+Threads: torch's default (reported in the header).
 """
 
 from __future__ import annotations
@@ -44,19 +51,23 @@ import json
 import os
 import platform
 import re
-import resource
-import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ssl_toolkit.process.launch import Command, Subprocess
+from ssl_toolkit.process.memory import peak_memory_mb, reset_peak_memory
+from ssl_toolkit.process.outcome import run_entry_point
+from ssl_toolkit.process.status import Status
+
 TEMPERATURE = 0.1
 NUM_CLASSES = 100
 SEED = 0
-RESULT_PREFIX = "BENCH_RESULT "
+MEMORY_ADVICE = "the case needs more than --memory-limit-gb allows: a smaller N, or a higher limit"
 MIB = 1 << 20
 # For the memory phase only: glibc maps every block of this size or more on its own and unmaps it when
 # freed, so the resident set follows live tensors (see the module docstring).
@@ -84,27 +95,19 @@ ALL_LOSSES = CORE_LOSSES + tuple(REGISTRY_LOSSES)
 # --------------------------------------------------------------------------------------------------
 
 
-def proc_status_kib(field: str, pid: int | str = "self") -> int | None:
-    """A `kB` field of /proc/<pid>/status, or None when the process or field is gone."""
+def resident_mib(pid: int) -> float | None:
+    """A running worker's resident set (VmRSS, MiB), for the parent's watchdog; None once it is gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            text = f.read()
+        text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) if match else None
+    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else None
 
 
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current VmRSS; True if the kernel honoured it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    hwm, rss = proc_status_kib("VmHWM"), proc_status_kib("VmRSS")
-    # A few pages of slack: the interpreter may touch memory between the two reads.
-    return hwm is not None and rss is not None and hwm <= rss + 256
+def address_space_mib() -> float:
+    """This process's address space (VmSize), MiB."""
+    return int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE") / MIB
 
 
 def release_free_heap() -> None:
@@ -210,25 +213,16 @@ def build_step(name: str, x, labels, dim: int) -> tuple[Callable[[], object], li
     raise ValueError(f"unknown loss {name!r}")
 
 
-def limit_address_space(limit_gb: float) -> int:
-    """Cap RLIMIT_AS at the current size plus `limit_gb`; returns the cap in bytes."""
-    # Counted from the size after imports because torch's mapped libraries (~3 GiB of address space,
-    # mostly never resident) would otherwise eat into the budget. Thread stacks and malloc arenas
-    # are reserved lazily, so the intra-op pool is started first to count it in the baseline.
+def address_space_cap_mb(limit_gb: float) -> int:
+    """A worker's address-space cap: this process's size once torch is imported and its intra-op pool
+    started, plus `limit_gb`."""
+    # Counted from there because torch's mapped libraries (~3 GiB of address space, mostly never
+    # resident) would otherwise eat into the budget. Thread stacks and malloc arenas are reserved lazily,
+    # so the pool is started first to count it in the baseline, as a worker's is before its pass.
     import torch
 
     torch.ones(1 << 16).mul(2).sum()
-    current = (proc_status_kib("VmSize") or 0) * 1024
-    cap = current + int(limit_gb * (1 << 30))
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    return cap
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    text = str(error).lower()
-    return isinstance(error, MemoryError) or any(
-        s in text for s in ("out of memory", "can't allocate memory", "cannot allocate memory")
-    )
+    return int(address_space_mib() + limit_gb * 1024)
 
 
 def run_worker(args: argparse.Namespace) -> dict[str, object]:
@@ -237,8 +231,6 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
     name, n, phase = args.worker[0], int(args.worker[1]), args.worker[2]
     device = torch.device(args.device)
     result: dict[str, object] = {"loss": name, "n": n, "phase": phase, "threads": torch.get_num_threads()}
-    if device.type == "cpu":
-        result["address_space_cap_gib"] = round(limit_address_space(args.memory_limit_gb) / (1 << 30), 2)
 
     generator = torch.Generator().manual_seed(SEED)
     # Drawn on the CPU so that every device sees the same numbers.
@@ -275,46 +267,42 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
     if device.type == "cuda":
         forward_backward()
         torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
+        before, _ = reset_peak_memory(device)
         forward_backward()
-        peak = torch.cuda.max_memory_allocated(device) - before
-        result.update(status="ok", peak_mib=peak / MIB, baseline_mib=before / MIB, memory_method="cuda")
+        peak = peak_memory_mb(device)[0] - before
+        result.update(status="ok", peak_mib=peak, baseline_mib=before, memory_method="cuda")
         return result
 
-    # The warm-up pass pages in code and starts threads; it is skipped only when VmHWM cannot be
-    # reset, since then only the very first pass can show this loss's own peak.
-    clear_refs_works = reset_peak_rss()
-    if clear_refs_works:
+    # The warm-up pass pages in code and starts threads; it is skipped only when the high-water mark
+    # cannot be restarted, since then only the very first pass can show this loss's own peak.
+    restartable = reset_peak_memory(device)[1]
+    if restartable:
         forward_backward()
     x.grad = None
     for p in params:
         p.grad = None
     release_free_heap()
-    before = proc_status_kib("VmRSS") or 0
-    reset_peak_rss()
+    before, _ = reset_peak_memory(device)
     forward_backward()
-    peak_kib = (proc_status_kib("VmHWM") or 0) - before
+    peak = peak_memory_mb(device)[0] - before
     result.update(
         status="ok",
-        peak_mib=peak_kib / 1024,
-        baseline_mib=before / 1024,
-        memory_method="rss_clear_refs" if clear_refs_works else "rss_first_pass_upper_bound",
+        peak_mib=peak,
+        baseline_mib=before,
+        memory_method="rss_clear_refs" if restartable else "rss_first_pass_upper_bound",
         malloc_env=" ".join(f"{k}={os.environ.get(k)}" for k in MEMORY_PHASE_ENV),
     )
     return result
 
 
 def worker_main(args: argparse.Namespace) -> int:
-    name, n, phase = args.worker[0], int(args.worker[1]), args.worker[2]
-    try:
-        result = run_worker(args)
-    except Exception as error:  # reported to the parent instead of a traceback it would have to parse
-        message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
-        status = "OOM" if is_out_of_memory(error) else f"error: {message[:160]}"
-        result = {"loss": name, "n": n, "phase": phase, "status": status, "note": message}
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
-    return 0
+    """One phase of one case: its figures to `--result`; how it ended to the outcome file the parent named
+    (an allocation failure as out_of_memory, recognised by the toolkit's `as_failure`)."""
+
+    def body() -> None:
+        Path(args.result).write_text(json.dumps(run_worker(args)))
+
+    return run_entry_point(body, memory_advice=MEMORY_ADVICE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,77 +310,69 @@ def worker_main(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_phase(name: str, n: int, phase: str, args: argparse.Namespace, timeout: float) -> dict[str, object]:
-    """Run one worker process, watching its resident set and wall time."""
-    command = [
-        sys.executable,
+def run_phase(
+    name: str, n: int, phase: str, args: argparse.Namespace, timeout: float, folder: Path
+) -> dict[str, object]:
+    """Run one worker process, watching its resident set and wall time; its result, or how it failed."""
+    stem = folder / f"{name}_{n}_{phase}"
+    result_path = stem.with_suffix(".result.json")
+    result_path.unlink(missing_ok=True)
+    command = Command.of_script(
         os.path.abspath(__file__),
-        "--worker",
-        name,
-        str(n),
-        phase,
-        "--device",
-        args.device,
-        "--dim",
-        str(args.dim),
-        "--repeats",
-        str(args.repeats),
-        "--memory-limit-gb",
-        str(args.memory_limit_gb),
-    ]
-    env = dict(os.environ, **MEMORY_PHASE_ENV) if phase == "memory" else None
-    limit_kib = args.memory_limit_gb * (1 << 20)
-    start = time.monotonic()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        ["--worker", name, str(n), phase, "--result", str(result_path), "--device", args.device,
+         "--dim", str(args.dim), "--repeats", str(args.repeats)],
+    )  # fmt: skip
+    launched = Subprocess().start(
+        command,
+        outcome=stem.with_suffix(".outcome.json"),
+        log=stem.with_suffix(".log"),
+        environment=MEMORY_PHASE_ENV if phase == "memory" else None,
+        memory_limit_mb=args.address_space_cap_mb,
+    )
+    limit_mib = args.memory_limit_gb * 1024
     killed_for = None
-    max_rss_kib = 0
+    max_rss_mib = 0.0
     while True:
         try:
-            stdout, stderr = proc.communicate(timeout=0.1)
+            finished = launched.wait(timeout=0.1)
             break
         except subprocess.TimeoutExpired:
             pass
-        rss = proc_status_kib("VmRSS", proc.pid) or 0
-        max_rss_kib = max(max_rss_kib, rss)
-        if killed_for is None and rss > limit_kib:
+        rss = resident_mib(launched.pid) or 0.0
+        max_rss_mib = max(max_rss_mib, rss)
+        if killed_for is None and rss > limit_mib:
             killed_for = "OOM"
-        elif killed_for is None and time.monotonic() - start > timeout:
+        elif killed_for is None and time.monotonic() - launched.started > timeout:
             killed_for = "timeout"
         if killed_for is not None:
-            proc.kill()
+            launched.process.kill()
 
     result: dict[str, object] = {"loss": name, "n": n, "phase": phase}
-    for line in stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX) :])
+    outcome = finished.outcome
     if killed_for is not None:
         result["status"] = killed_for
-        result["note"] = (
-            f"{phase} worker killed by the runner (VmRSS seen up to {max_rss_kib / 1024:.0f} MiB)"
-        )
-    elif "status" not in result:
-        # No result line: the worker died before reporting (signal, abort in native code).
-        if proc.returncode < 0:
-            signame = signal.Signals(-proc.returncode).name
-            # A SIGKILL the runner did not send is almost always the kernel's OOM killer.
-            result["status"] = "OOM" if proc.returncode == -signal.SIGKILL else f"error: killed by {signame}"
-        elif re.search(r"allocate|out of memory", stderr, re.IGNORECASE):
-            result["status"] = "OOM"
-        else:
-            tail = stderr.strip().splitlines()[-1:] or [""]
-            result["status"] = f"error: exit {proc.returncode}: {tail[0][:160]}"
-    result["wall_s"] = round(time.monotonic() - start, 2)
+        result["note"] = f"{phase} worker killed by the runner (VmRSS seen up to {max_rss_mib:.0f} MiB)"
+    elif outcome.status is Status.OK and result_path.is_file():
+        result = json.loads(result_path.read_text())
+    elif outcome.status is Status.OUT_OF_MEMORY:  # the worker's allocation failure, or the OOM killer
+        result.update(status="OOM", note=outcome.message)
+    else:
+        message = outcome.message or f"exit code {finished.exit_code}, and no result"
+        result.update(status=f"error: {message[:160]}", note=message)
+    if args.address_space_cap_mb is not None:
+        result["address_space_cap_gib"] = round(args.address_space_cap_mb / 1024, 2)
+    result["wall_s"] = round(finished.seconds, 2)
     return result
 
 
-def run_case(name: str, n: int, args: argparse.Namespace) -> dict[str, object]:
+def run_case(name: str, n: int, args: argparse.Namespace, folder: Path) -> dict[str, object]:
     """Memory, then time, each in a fresh process; the first failure ends the case."""
     # Two processes because the allocator setting that makes the resident set exact costs page faults
     # that a training run with glibc's default would not pay, and would bias the time.
     deadline = time.monotonic() + args.timeout
     result: dict[str, object] = {"loss": name, "n": n, "wall_s": 0.0}
     for phase in PHASES:
-        part = run_phase(name, n, phase, args, deadline - time.monotonic())
+        part = run_phase(name, n, phase, args, deadline - time.monotonic(), folder)
         wall_s = result["wall_s"] + part.pop("wall_s")
         part.pop("phase", None)
         result.update(part, wall_s=round(wall_s, 2))
@@ -454,6 +434,8 @@ def header_lines(args: argparse.Namespace, info: dict[str, object]) -> list[str]
     device = args.device
     if info.get("device_name"):
         device += f" ({info['device_name']})"
+    cap = args.address_space_cap_mb
+    cap = "" if cap is None else f" (address space capped at {cap / 1024:.1f} GiB)"
     return [
         f"machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['ram_gib']} GiB RAM, "
         f"Linux {m['kernel']}, Python {m['python']}",
@@ -461,7 +443,7 @@ def header_lines(args: argparse.Namespace, info: dict[str, object]) -> list[str]
         f"pytorch-metric-learning {info['pml']}",
         f"device {device}, float32, dim {args.dim}, τ = {TEMPERATURE}, {NUM_CLASSES} classes, "
         f"median of {args.repeats} forward+backward after 1 warm-up",
-        f"peak memory: {info['memory_method']}; limit {args.memory_limit_gb:g} GiB per case, "
+        f"peak memory: {info['memory_method']}; limit {args.memory_limit_gb:g} GiB per case{cap}, "
         f"timeout {args.timeout:g} s",
     ]
 
@@ -476,7 +458,7 @@ def parent_main(args: argparse.Namespace) -> int:
 
     if args.device.startswith("cuda"):
         memory_method = "torch.cuda.max_memory_allocated − memory_allocated before the pass"
-    elif reset_peak_rss():
+    elif reset_peak_memory("cpu")[1]:
         memory_method = "VmHWM − VmRSS around one pass after warm-up (clear_refs), fixed mmap threshold"
     else:
         memory_method = "VmHWM − VmRSS on the first pass (clear_refs unavailable: upper bound)"
@@ -494,22 +476,26 @@ def parent_main(args: argparse.Namespace) -> int:
         info["device_name"] = subprocess.run(
             [sys.executable, "-c", query], capture_output=True, text=True, check=False
         ).stdout.strip()
+    args.address_space_cap_mb = (
+        None if args.device.startswith("cuda") else address_space_cap_mb(args.memory_limit_gb)
+    )
     print("\n".join(header_lines(args, info)), flush=True)
 
     all_results: list[dict[str, object]] = []
-    for n in args.sizes:
-        results = []
-        for name in losses:
-            print(f"  running {name} at N={n} ...", file=sys.stderr, flush=True)
-            result = run_case(name, n, args)
-            print(f"    {result['status']} ({result['wall_s']} s)", file=sys.stderr, flush=True)
-            results.append(result)
-        all_results += results
-        print(f"\n{'### ' if args.markdown else ''}N = {n}\n", flush=True)
-        print(results_table(results, args.markdown), flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_losses_") as folder:  # workers' results and outcomes
+        for n in args.sizes:
+            results = []
+            for name in losses:
+                print(f"  running {name} at N={n} ...", file=sys.stderr, flush=True)
+                result = run_case(name, n, args, Path(folder))
+                print(f"    {result['status']} ({result['wall_s']} s)", file=sys.stderr, flush=True)
+                results.append(result)
+            all_results += results
+            print(f"\n{'### ' if args.markdown else ''}N = {n}\n", flush=True)
+            print(results_table(results, args.markdown), flush=True)
 
     if args.json:
-        config = {k: v for k, v in vars(args).items() if k not in ("worker", "json")}
+        config = {k: v for k, v in vars(args).items() if k not in ("worker", "result", "json")}
         config.update(losses=losses, temperature=TEMPERATURE, num_classes=NUM_CLASSES, dtype="float32")
         payload = {"info": info, "config": config, "results": all_results}
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
@@ -531,6 +517,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", action="store_true", help="print GitHub tables")
     parser.add_argument("--json", metavar="PATH", help="write all results to PATH")
     parser.add_argument("--worker", nargs=3, metavar=("LOSS", "N", "PHASE"), help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if any(n < 2 or n % 2 for n in args.sizes):
         parser.error("every size must be even (pair losses split N into two halves)")

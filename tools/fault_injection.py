@@ -9,6 +9,10 @@ kills are aimed at a checkpoint save: the tool polls `checkpoints/` every 2 ms a
 other half land at a random moment of the training. The finished run must then log every step exactly once
 with the reference's loss, bit for bit, and write the same encoder tensors (`torch.equal`).
 
+With `--reference-dir DIR`, finished uninterrupted runs DIR/1 and DIR/2 (by process count) of the same steps
+and run config (`reference_problem`) stand for the references, which are then not trained again. They must
+have run on one thread (`OMP_NUM_THREADS=1`), as the tool's runs do, or no loss can match bit for bit.
+
 Each attempt prints one line (the kill moment, whether it landed during a save, the step it resumed from),
 each process count one summary line. The exit code is 0 only if every run matched its reference.
 
@@ -27,13 +31,15 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ssl_toolkit.process.launch import AccelerateLaunch, Command, Finished, Launcher, Subprocess
+from ssl_toolkit.process.outcome import Outcome
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = REPO / "recipes" / "quickstart.yaml"
@@ -46,6 +52,13 @@ RESUMED = re.compile(r"resumed from (?P<checkpoint>\S+) at step (?P<step>\d+);")
 FRESH_START = re.compile(r"train\.resume=\S+: no checkpoint in \S+ yet; starting at step 0")
 STEP_DONE = re.compile(r"^step (?P<step>\d+)/\d+ ")
 TMP_PREFIX = ".tmp_step_"
+# What a reused reference run's config may set otherwise (besides run.*): nothing a step computes, nor the
+# schedule (train.epochs, train.max_steps), nor which steps are logged (log.every). Views are seeded by
+# (seed, epoch, index), whatever the number of DataLoader workers.
+REFERENCE_MAY_DIFFER = frozenset({
+    "data.download", "data.num_workers", "train.checkpoint_every", "train.resume", "train.resume_allow",
+    "train.max_bad_steps", "train.collective_timeout_s", "log.trackers", "log.group",
+})  # fmt: skip
 
 
 def tiny_overrides(steps: int, checkpoint_every: int) -> list[str]:
@@ -63,31 +76,23 @@ def tiny_overrides(steps: int, checkpoint_every: int) -> list[str]:
 
 
 def child_environment() -> dict[str, str]:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = THREADS
-    env["MKL_NUM_THREADS"] = THREADS
-    env["PYTHONUNBUFFERED"] = "1"  # the resume line must reach the tool when it is printed, not at exit
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
+    """What every child's environment adds to this one's."""
+    return {
+        "OMP_NUM_THREADS": THREADS,
+        "MKL_NUM_THREADS": THREADS,
+        "PYTHONUNBUFFERED": "1",  # the resume line must reach the tool when it is printed, not at exit
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
 
 
-def free_port() -> int:
-    # Others may run 2-process jobs on this machine too: Accelerate's default port 29500 could be taken.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def launcher(processes: int) -> Launcher:
+    """A plain subprocess for one process; `accelerate launch --multi_gpu` (gloo on CPU, a free port: others
+    may run multi-process jobs here too) for more."""
+    return Subprocess() if processes == 1 else AccelerateLaunch(num_processes=processes)
 
 
-def pretrain_command(processes: int, recipe: Path, overrides: list[str]) -> list[str]:
-    module = ["-m", "ssl_toolkit.pretrain", str(recipe), *overrides]
-    if processes == 1:
-        return [sys.executable, *module]
-    launch = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-    ]  # fmt: skip
-    return [*launch, *module]
+def pretrain_command(recipe: Path, overrides: list[str]) -> Command:
+    return Command.of_module("ssl_toolkit.pretrain", [str(recipe), *overrides])
 
 
 # --- processes ---------------------------------------------------------------------------------------------
@@ -170,21 +175,21 @@ class RunningPretraining:
     """One attempt's `python -m ssl_toolkit.pretrain` (or launcher), in its own session, its stdout read
     line by line by a thread and copied, like its stderr, into a log file."""
 
-    def __init__(self, command: list[str], log_path: Path):
+    def __init__(self, processes: int, command: Command, log_path: Path):
         self.log_path = log_path
-        self._log = log_path.open("w")
-        self._log.write(" ".join(command) + "\n")
-        self._log.flush()
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(
+        log_path.unlink(missing_ok=True)  # the launcher appends; a rerun's attempt starts a new log
+        self.launched = launcher(processes).start(
             command,
+            outcome=log_path.with_suffix(".outcome.json"),
+            log=log_path,  # stderr, after the command line
+            environment=child_environment(),
             cwd=REPO,
-            env=child_environment(),
             stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            start_new_session=True,
+            new_session=True,
         )
+        self.process = self.launched.process
+        self.started = self.launched.started
+        self._log = log_path.open("a")  # the stdout lines, as they are read
         self.resume_step: int | None = None
         self.resume_seen_at: float | None = None
         self.last_step: int | None = None  # the last step this attempt printed
@@ -217,11 +222,11 @@ class RunningPretraining:
         with self._lock:
             return self.last_step, self.last_step_at
 
-    def finish(self) -> int:
-        code = self.process.wait()
+    def finish(self) -> Finished:
+        finished = self.launched.wait()
         self._reader.join(timeout=30)
         self._log.close()
-        return code
+        return finished
 
     def log_tail(self, characters: int = 3000) -> str:
         return self.log_path.read_text()[-characters:]
@@ -266,6 +271,7 @@ class Attempt:
     missed_save: bool = False
     last_step: int | None = None  # the last step it printed before the kill
     exit_code: int | None = None
+    outcome: Outcome | None = None  # what the run's outcome file (or exit code) says of its end
     training_seconds: float = 0.0  # from the resume line to the last step's line
 
     @property
@@ -277,6 +283,8 @@ class Attempt:
         line = f"  attempt {self.number:2d}: resumed from step {resumed:>3}, "
         if not self.killed:
             ended = "finished" if self.exit_code == 0 else f"exited with code {self.exit_code}"
+            if self.exit_code != 0 and self.outcome is not None:
+                ended += f" ({self.outcome.status.phrase}: {self.outcome.message})"
             planned = f" before its planned kill ({self.aim})" if self.aim else ""
             return line + ended + planned
         after = "before its first step" if self.last_step is None else f"after step {self.last_step:3d}"
@@ -318,7 +326,7 @@ def run_attempt(
     log = spec.run_dir.parent / f"{spec.run_dir.name}.attempt{number:02d}.log"
     spec.run_dir.parent.mkdir(parents=True, exist_ok=True)
     running = RunningPretraining(
-        pretrain_command(spec.processes, spec.recipe, spec.overrides(number == 1)), log
+        spec.processes, pretrain_command(spec.recipe, spec.overrides(number == 1)), log
     )
     kill_time = None
     final_inode_before = None
@@ -360,7 +368,8 @@ def run_attempt(
             attempt.during_save = seen_target and f"{TMP_PREFIX}{attempt.target_save:08d}" in unfinished
         else:
             attempt.during_save = bool(unfinished)
-    attempt.exit_code = running.finish()
+    finished = running.finish()
+    attempt.exit_code, attempt.outcome = finished.exit_code, finished.outcome
     resumed = running.resumed()
     last_step_at = running.last_printed_step()[1]
     if resumed is not None:
@@ -437,6 +446,57 @@ def compare_runs(reference: Path, resumed: Path, steps: int) -> Comparison:
 # --- one process count -------------------------------------------------------------------------------------
 
 
+def reference_problem(run_dir: Path, spec: RunSpec) -> str | None:
+    """Why the run at `run_dir` cannot stand for `spec`'s reference (None when it can): it must have finished
+    (pretrain.json and encoder.safetensors), trained `spec.steps` steps on `spec.processes` processes, and
+    differ from `spec`'s config only where no step's bits can (`REFERENCE_MAY_DIFFER`)."""
+    from ssl_toolkit.config import ConfigError, load_config
+    from ssl_toolkit.run_dir import RunDirectory
+    from ssl_toolkit.training.checkpoint_files import read_description
+    from ssl_toolkit.training.resume_rules import changed_keys, describe
+
+    run = RunDirectory(run_dir)
+    if not (run.summary.is_file() and run.encoder.is_file()):
+        return f"it has not finished ({run.summary.name} and {run.encoder.name} are not both there)"
+    try:
+        steps = run.read_summary().get("steps")
+        last = run.checkpoint_dirs()[-1]
+        processes = read_description(last)["num_processes"]
+        saved = load_config(run.config)
+    except (OSError, ValueError, KeyError, IndexError, ConfigError) as error:
+        return f"it cannot be read ({type(error).__name__}: {error})"
+    if steps != spec.steps:
+        return f"it trained {steps} steps, not {spec.steps}"
+    wanted = load_config(spec.recipe, spec.overrides(first=True))
+    changes = {
+        key: values
+        for key, values in changed_keys(saved, processes, wanted, spec.processes).items()
+        if not (key.startswith("run.") or key in REFERENCE_MAY_DIFFER)
+    }
+    return f"its run differs: {describe(changes)}" if changes else None
+
+
+def reference_run(spec: RunSpec, label: str, existing: Path | None) -> float | None:
+    """The uninterrupted reference: `existing` when it is a finished run of the same steps, else trained at
+    `spec.run_dir`. Returns its seconds per step (None when it failed); `spec.run_dir` is then the run's."""
+    if existing is not None:
+        problem = reference_problem(existing, spec)
+        if problem is None:
+            from ssl_toolkit.run_dir import RunDirectory
+
+            print(f"{label}: reference run of {spec.steps} steps reused from {existing}", flush=True)
+            spec.run_dir = existing
+            return RunDirectory(existing).read_summary()["seconds"] / spec.steps
+        print(f"{label}: {existing} not reused: {problem}", flush=True)
+    print(f"{label}: reference run of {spec.steps} steps", flush=True)
+    attempt = run_attempt(spec, 1, None, random.Random(), 0.0)  # no kill: draws nothing
+    if attempt.exit_code != 0:
+        ended = f"{attempt.outcome.status.phrase}: {attempt.outcome.message}" if attempt.outcome else ""
+        print(f"{label}: the reference run failed with exit code {attempt.exit_code} ({ended})", flush=True)
+        return None
+    return attempt.training_seconds / spec.steps
+
+
 def fault_injection(
     processes: int,
     kills: int,
@@ -445,17 +505,17 @@ def fault_injection(
     recipe: Path,
     output_dir: Path,
     rng: random.Random,
+    reference_dir: Path | None = None,
 ) -> bool:
-    """The reference, then the killed-and-resumed run, then the comparison; True if identical."""
+    """The reference (reused from `reference_dir/<processes>` where it can be), then the killed-and-resumed
+    run, then the comparison; True if identical."""
     label = f"{processes} process{'es' if processes > 1 else ''}"
     base = output_dir / f"processes_{processes}"
     reference = RunSpec(processes, recipe, base / "reference", steps, checkpoint_every)
-    print(f"{label}: reference run of {steps} steps", flush=True)
-    reference_attempt = run_attempt(reference, 1, None, rng, 0.0)
-    if reference_attempt.exit_code != 0:
-        print(f"{label}: the reference run failed with exit code {reference_attempt.exit_code}", flush=True)
+    existing = None if reference_dir is None else reference_dir / str(processes)
+    seconds_per_step = reference_run(reference, label, existing)
+    if seconds_per_step is None:
         return False
-    seconds_per_step = reference_attempt.training_seconds / steps
 
     killed = RunSpec(processes, recipe, base / "killed", steps, checkpoint_every)
     aims = ["save"] * math.ceil(kills / 2) + ["random"] * (kills // 2)
@@ -505,6 +565,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="decides the kill moments and targeted saves")
     parser.add_argument("--output-dir", type=Path, default=REPO / "runs" / "fault_injection")
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
+    parser.add_argument(
+        "--reference-dir",
+        type=Path,
+        help="finished uninterrupted runs to compare with, DIR/1 and DIR/2 by process count (trained with "
+        "the same recipe, overrides and one thread); one that is missing or differs is trained anew",
+    )
     args = parser.parse_args(argv)
     if args.kills < 0 or args.steps < 1 or args.checkpoint_every < 1:
         parser.error("--kills must be >= 0, --steps and --checkpoint-every >= 1")
@@ -516,11 +582,14 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     recipe = args.recipe.resolve()
     output_dir = args.output_dir.resolve()
+    reference_dir = None if args.reference_dir is None else args.reference_dir.resolve()
     counts = list(dict.fromkeys(args.processes))
     shares = [args.kills // len(counts) + (i < args.kills % len(counts)) for i in range(len(counts))]
     started = time.monotonic()
     results = [
-        fault_injection(count, share, args.steps, args.checkpoint_every, recipe, output_dir, rng)
+        fault_injection(
+            count, share, args.steps, args.checkpoint_every, recipe, output_dir, rng, reference_dir
+        )
         for count, share in zip(counts, shares, strict=True)
     ]
     print(f"{'all identical' if all(results) else 'NOT identical'} in {time.monotonic() - started:.0f} s")

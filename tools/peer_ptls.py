@@ -1,13 +1,18 @@
 """CoLES on event sequences, side by side with pytorch-lifestream (ptls): seconds per epoch, peak memory and
-downstream accuracy / AUROC at batch sizes 64-1024, and where a pairwise softmax runs out of memory.
+downstream accuracy / AUROC at batch sizes 64-1024, and where a pairwise softmax fails for want of memory.
 
 Both sides train on the same clients (`data.name=synthetic_events`: 4 classes, lengths 20-400, the train
 split of 1,600 clients), with a GRU of the same size over CoLES slices (split_count 5, 25-100 events),
 Adam at the same learning rate, for the same epochs, and are scored by the same downstream models
 (ssl_toolkit's linear probe at weight decay 1e-4 and gradient boosting) on the frozen full-sequence
-embeddings of train and test. Each configuration runs in a process of its own, whose peak resident memory
-the kernel reports (`wait4`), under an address-space limit (`--memory-limit-gb`) that stands in for a
-GPU's memory: a configuration that exceeds it is reported as out of memory.
+embeddings of train and test. Each configuration runs in a process of its own (this script as a worker,
+started by `ssl_toolkit.process.launch.Subprocess`), whose peak resident memory the kernel reports when it
+ends (`wait4`'s ru_maxrss, the launcher's `peak_memory_mb`), under an address-space limit
+(`--memory-limit-gb`, the launcher's `memory_limit_mb`) that stands in for a GPU's memory. Both sides' workers
+write their figures to a result file and end through the toolkit's entry point, so the outcome file says how
+each ended: an allocation failure (ours or ptls's, recognised by `as_failure`) or a SIGKILL nobody here sent
+is reported as out-of-memory (status `out_of_memory`). Only a worker that died before it could write an
+outcome has its captured output read, for a peer's allocation failure (`mentions_out_of_memory`).
 
 Configurations:
   ours-coles            ssl_toolkit, loss.name=coles (CoLES's softmax loss), temperature 0.05
@@ -35,13 +40,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ssl_toolkit.process.launch import Command, Subprocess
+from ssl_toolkit.process.outcome import read_outcome, run_entry_point
+from ssl_toolkit.process.status import Status, mentions_out_of_memory
 
 REPO = Path(__file__).resolve().parent.parent
 PTLS_PYTHON = REPO / "tools" / ".venv-ptls" / "bin" / "python"
@@ -56,6 +62,7 @@ SPLIT_COUNT, CNT_MIN, CNT_MAX = 5, 25, 100
 TEMPERATURE, MARGIN, NEG_COUNT = 0.05, 0.5, 5
 LEARNING_RATE = 2e-3
 PROBE_WEIGHT_DECAY = 1e-4
+MEMORY_ADVICE = "a smaller batch, or a higher --memory-limit-gb"
 
 
 def _recipe_overrides(hidden: int, batch: int, epochs: int, output_dir: Path) -> list[str]:
@@ -88,8 +95,7 @@ def _config(hidden: int, batch: int, epochs: int, output_dir: Path, loss: list[s
 
 
 def _downstream(train, test, num_classes: int, seed: int) -> dict:
-    from ssl_toolkit.eval.downstream import evaluate_boosting
-
+    from ssl_toolkit.eval.boosting import evaluate_boosting
     from ssl_toolkit.eval.linear_probe import evaluate_linear_probe
 
     linear = evaluate_linear_probe(train, test, num_classes, seed=seed, weight_decay=PROBE_WEIGHT_DECAY)
@@ -250,42 +256,36 @@ def run_ptls(configuration: str, hidden: int, batch: int, epochs: int, seed: int
 
 
 # -- the comparison --------------------------------------------------------------------------------------
-def measure(configuration: str, args: argparse.Namespace, batch: int) -> dict:
+def measure(configuration: str, args: argparse.Namespace, batch: int, folder: Path) -> dict:
     """One configuration in a process of its own: its figures, peak RSS and status."""
     python = sys.executable if configuration.startswith("ours") else str(PTLS_PYTHON)
-    command = [python, __file__, "--child", configuration, "--batch", str(batch), "--seed", str(args.seed),
-               "--hidden", str(args.hidden), "--epochs", str(args.epochs)]  # fmt: skip
-    limit = int(args.memory_limit_gb * (1 << 30))
-
-    def limit_memory():
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    environment = {**os.environ, "PYTHONPATH": str(REPO)}
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as output:
-        process = subprocess.Popen(
-            command,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            text=True,
-            preexec_fn=limit_memory,
-            env=environment,
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        output.seek(0)
-        log = output.read()
-    result = {"configuration": configuration, "batch_size": batch, "peak_rss_mb": usage.ru_maxrss / 1024,
-              "wall_seconds": time.perf_counter() - started}  # fmt: skip
-    lines = [line for line in log.splitlines() if line.startswith("RESULT ")]
-    if process.returncode == 0 and lines:
-        result.update(json.loads(lines[-1][len("RESULT ") :]), status="ok")
-    elif "out of memory" in log.lower() or "cannot allocate memory" in log.lower() or "bad_alloc" in log:
-        result["status"] = "out_of_memory"
-    else:
-        result["status"] = "error"
-        result["error"] = log.strip().splitlines()[-1][:300] if log.strip() else f"exit {process.returncode}"
-    return result
+    stem = folder / f"{configuration}_{batch}"
+    result_path, outcome_path, log = (stem.with_suffix(suffix) for suffix in (".json", ".outcome", ".log"))
+    command = Command.of_script(
+        __file__,
+        ["--child", configuration, "--batch", str(batch), "--seed", str(args.seed), "--hidden",
+         str(args.hidden), "--epochs", str(args.epochs), "--result", str(result_path)],
+    )  # fmt: skip
+    finished = Subprocess(python=python).run(
+        command,
+        outcome=outcome_path,
+        log=log,
+        environment={"PYTHONPATH": str(REPO)},
+        memory_limit_mb=int(args.memory_limit_gb * 1024),
+    )
+    result = {"configuration": configuration, "batch_size": batch, "peak_rss_mb": finished.peak_memory_mb,
+              "wall_seconds": finished.seconds}  # fmt: skip
+    outcome = finished.outcome
+    if outcome.status is Status.OK and result_path.is_file():
+        return {**result, **json.loads(result_path.read_text()), "status": Status.OK.value}
+    output = log.read_text(errors="replace") if log.is_file() else ""
+    last_line = (output.strip().splitlines() or [f"exit {finished.exit_code}"])[-1][:300]
+    if read_outcome(outcome_path) is None and mentions_out_of_memory(output):
+        # The worker died before it could say how it ended (an abort in native code): only then is the
+        # peer's own output read, for an allocation failure.
+        return {**result, "status": Status.OUT_OF_MEMORY.value, "error": last_line}
+    status = Status.ERROR if outcome.status is Status.OK else outcome.status  # ok, but no result written
+    return {**result, "status": status.value, "error": outcome.message or last_line}
 
 
 def _cell(result: dict, key: str, digits: int) -> str:
@@ -300,7 +300,8 @@ def _table(results: list[dict]) -> str:
         lines.append(
             f"| {r['configuration']} | {r['batch_size']} | {_cell(r, 'seconds_per_epoch', 2)} | "
             f"{r['peak_rss_mb']:.0f} | {_cell(r, 'probe_top1', 4)} | {_cell(r, 'probe_auroc', 4)} | "
-            f"{_cell(r, 'boosting_top1', 4)} | {_cell(r, 'boosting_auroc', 4)} | {r['status']} |"
+            f"{_cell(r, 'boosting_top1', 4)} | {_cell(r, 'boosting_auroc', 4)} | "
+            f"{Status(r['status']).phrase} |"
         )
     return "\n".join(lines)
 
@@ -338,22 +339,25 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "runs" / "peer_ptls.json")
     parser.add_argument("--child", choices=CONFIGURATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run = run_ours if args.child.startswith("ours") else run_ptls
-        print(
-            "RESULT " + json.dumps(run(args.child, args.hidden, args.batch, args.epochs, args.seed)),
-            flush=True,
-        )
-        return
+
+        def body() -> None:
+            figures = run(args.child, args.hidden, args.batch, args.epochs, args.seed)
+            args.result.write_text(json.dumps(figures))
+
+        sys.exit(run_entry_point(body, memory_advice=MEMORY_ADVICE))
     if not PTLS_PYTHON.exists() and any(c.startswith("ptls") for c in args.configurations):
         sys.exit(f"error: {PTLS_PYTHON} is missing; create the ptls venv as this tool's docstring shows")
     results = []
-    for batch in args.batch_sizes:
-        for configuration in args.configurations:
-            result = measure(configuration, args, batch)
-            results.append(result)
-            print(json.dumps(result), flush=True)
+    with tempfile.TemporaryDirectory(prefix="peer_ptls_") as folder:  # the workers' results and logs
+        for batch in args.batch_sizes:
+            for configuration in args.configurations:
+                result = measure(configuration, args, batch, Path(folder))
+                results.append(result)
+                print(json.dumps(result), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1))
     print(f"\nGRU {args.hidden}, split_count {SPLIT_COUNT}, {args.epochs} epochs, "
