@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pretraining_runs import REFERENCE_STEPS
 
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "fault_injection.py"
 
@@ -29,16 +30,35 @@ def test_upcoming_saves_end_with_the_final_one():
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_runs_match_the_uninterrupted_ones_bit_for_bit(tmp_path, capsys):
-    # 5 kills: 3 for the single process (2 during saves), 2 for the 2-process launch (1 during a save).
-    arguments = ["--kills", "5", "--processes", "1", "2", "--steps", "8", "--checkpoint-every", "3"]
-    code = _tool().main([*arguments, "--seed", "1", "--output-dir", str(tmp_path)])
+def test_killed_and_resumed_runs_match_the_uninterrupted_ones_bit_for_bit(
+    tmp_path, capsys, one_process_reference, two_process_reference
+):
+    # 3 kills: 2 for the single process (1 during a save), 1 for the 2-process launch (during a save); the
+    # uninterrupted runs are the session's references, which the tool checks before it reuses them.
+    references = tmp_path / "references"
+    references.mkdir()
+    (references / "1").symlink_to(one_process_reference.path)
+    (references / "2").symlink_to(two_process_reference.path)
+    arguments = [
+        "--kills",
+        "3",
+        "--processes",
+        "1",
+        "2",
+        "--steps",
+        str(REFERENCE_STEPS),
+        "--checkpoint-every",
+        "3",
+    ]
+    code = _tool().main(
+        [*arguments, "--seed", "1", "--output-dir", str(tmp_path), "--reference-dir", str(references)]
+    )
     output = capsys.readouterr().out
     assert code == 0, output
+    assert output.count(f"reference run of {REFERENCE_STEPS} steps reused from") == 2, output
     summaries = [line for line in output.splitlines() if "kills landed" in line]
     assert len(summaries) == 2, output
     assert all(line.endswith(": IDENTICAL") for line in summaries), output
-    assert "1 process: kills landed 3/3," in output
-    assert "2 processes: kills landed 2/2," in output
-    assert "steps compared 8/8" in summaries[0]
-    assert "steps compared 8/8" in summaries[1]
+    assert "1 process: kills landed 2/2," in output
+    assert "2 processes: kills landed 1/1," in output
+    assert all(f"steps compared {REFERENCE_STEPS}/{REFERENCE_STEPS}" in line for line in summaries), output
