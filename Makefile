@@ -26,9 +26,10 @@ data:
 		echo "installing Debian's dataset-fashion-mnist (needs root)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }
 
-# Two pytest workers, one torch thread each (tests/conftest.py); the tests that share the session's reference
-# runs stay on one worker (--dist loadgroup). A fixed count, whatever the machine: the same tests run alike.
-PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadgroup
+# Two pytest workers, one torch thread each (tests/conftest.py), each test file on one worker (its module
+# fixtures made once); the session's shared runs are made once for both (conftest's made_once). A fixed
+# count, whatever the machine: the same tests run alike everywhere.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test: $(STAMP) data
 	$(BIN)/ruff check .

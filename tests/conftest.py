@@ -1,15 +1,15 @@
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 
 import pytest
 from pretraining_runs import pretrain_tiny, pretrain_to_the_end, reset_accelerate
-from two_process_evaluations import evaluate_on_two_processes
+from two_process_evaluations import TwoProcessEvaluations, evaluate_on_two_processes
 
 from ssl_toolkit.process.launch import AccelerateLaunch, Subprocess
-
-SHARED_RUNS = ("one_process_reference", "two_process_reference", "two_process_evaluations")
+from ssl_toolkit.run_dir import RunDirectory
 
 
 def pytest_configure(config):
@@ -20,16 +20,22 @@ def pytest_configure(config):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def pytest_collection_modifyitems(config, items):
-    # Under --dist loadgroup, a group's tests run on one worker, which makes their shared fixtures once:
-    # the session's shared runs, and a module's own module-scoped fixtures (each worker would make its own).
-    for item in items:
-        fixtures = getattr(item, "_fixtureinfo", None)
-        definitions = fixtures.name2fixturedefs if fixtures is not None else {}
-        if set(SHARED_RUNS) & set(definitions):
-            item.add_marker(pytest.mark.xdist_group("shared_runs"))
-        elif any(d.scope == "module" for defs in definitions.values() for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+def made_once(tmp_path_factory, name: str, make):
+    """`make(folder)` run once for the whole test session, even across pytest-xdist's workers (the first
+    worker makes it under a lock, the others wait and reuse it); returns the folder. Read-only for tests."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    folder, done = root / "made_once" / name, root / "made_once" / f"{name}.done"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(root / "made_once" / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(autouse=True)
@@ -55,16 +61,24 @@ def tiny_run(_finished_tiny_run, tmp_path):
 def one_process_reference(tmp_path_factory):
     """An uninterrupted reference-length run of one process (`python -m ssl_toolkit.pretrain`): what stopped,
     killed and resumed one-process runs must equal. Read-only: copy it to change it."""
-    return pretrain_to_the_end(Subprocess(), tmp_path_factory.mktemp("reference"), "one_process")
+    folder = made_once(tmp_path_factory, "one_process", lambda f: pretrain_to_the_end(Subprocess(), f, "run"))
+    return RunDirectory(folder / "run")
 
 
 @pytest.fixture(scope="session")
 def two_process_reference(tmp_path_factory):
     """The same for two processes (`accelerate launch --multi_gpu --num_processes 2`, gloo)."""
-    return pretrain_to_the_end(AccelerateLaunch(num_processes=2), tmp_path_factory.mktemp("reference"), "two")
+    launcher = AccelerateLaunch(num_processes=2)
+    folder = made_once(tmp_path_factory, "two_processes", lambda f: pretrain_to_the_end(launcher, f, "run"))
+    return RunDirectory(folder / "run")
 
 
 @pytest.fixture(scope="session")
 def two_process_evaluations(_finished_tiny_run, tmp_path_factory):
     """The evaluation commands that tests check under two processes, run in one launch (read-only)."""
-    return evaluate_on_two_processes(_finished_tiny_run, tmp_path_factory.mktemp("two_process_evaluations"))
+    folder = made_once(
+        tmp_path_factory,
+        "two_process_evaluations",
+        lambda f: evaluate_on_two_processes(_finished_tiny_run, f),
+    )
+    return TwoProcessEvaluations.of(folder)

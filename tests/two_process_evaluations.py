@@ -28,6 +28,16 @@ class TwoProcessEvaluations:
     images: Path
     output: Path
 
+    @classmethod
+    def of(cls, base: Path) -> TwoProcessEvaluations:
+        """What `evaluate_on_two_processes(..., base)` made."""
+        return cls(
+            RunDirectory(base / "tiny"),
+            RunDirectory(base / "runs" / "folder"),
+            base / "images",
+            base / "output",
+        )
+
     def printed(self, command: str) -> list[dict]:
         """Per process, rank 0 first: the command's exit code and what it printed."""
         return [json.loads((self.output / f"{command}.rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -55,4 +65,4 @@ def evaluate_on_two_processes(finished_tiny_run: Path, base: Path) -> TwoProcess
         cwd=base,
     )
     assert finished.exit_code == 0, (base / "launch.log").read_text()[-3000:]
-    return TwoProcessEvaluations(RunDirectory(tiny), RunDirectory(folder), images, output)
+    return TwoProcessEvaluations.of(base)
