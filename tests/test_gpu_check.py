@@ -75,6 +75,7 @@ def test_a_dry_run_of_some_sections_runs_them_on_the_cpu_and_writes_their_table(
     assert (out / "gpu_check.log").read_text().count("--section ") == len(DRY_RUN_SECTIONS)
 
 
+@pytest.mark.slow
 def test_the_command_runs_without_the_toolkit_installed_and_without_torch(tmp_path):
     """What a bare GPU machine's `python3 tools/gpu_check.py` does: no site-packages (-S), so neither the
     installed toolkit nor torch; the command finds the repository's own and imports no torch itself."""
@@ -148,6 +149,7 @@ def test_a_dry_run_holds_only_the_correctness_checks_to_their_targets():
     assert report.figures[0].verdict == "met"
 
 
+@pytest.mark.slow
 def test_a_section_past_its_time_is_stopped_and_reported_and_the_next_one_runs(tmp_path, monkeypatch, capsys):
     timeouts = {**gpu_check.DRY_SCALE.timeouts, "environment": 0.01}
     monkeypatch.setattr(gpu_check, "DRY_SCALE", dataclasses.replace(gpu_check.DRY_SCALE, timeouts=timeouts))
@@ -287,6 +289,7 @@ sys.exit(gpu_check.main())
         ("os._exit(3)", "its process exited 3 part-way (see gpu_check.log)"),
     ],
 )
+@pytest.mark.slow
 def test_a_section_stopped_part_way_keeps_the_figures_it_measured(tmp_path, monkeypatch, stop, reason):
     runner = tmp_path / "stopped_section.py"
     runner.write_text(STOPPED_SECTION.format(tools=str(TOOLS), stop=stop))
@@ -320,6 +323,7 @@ def _wheel(folder: Path, name: str = "bundled_probe", version: str = "1.2.3") ->
     return path
 
 
+@pytest.mark.slow
 def test_a_bundle_made_elsewhere_is_installed_for_the_sections_with_its_data(tmp_path, monkeypatch):
     """gpu_bundle.py fills the folder (pip's download replaced by a wheel made here); gpu_check.py
     --bundle installs it with no index, and the sections import it from there and read its data."""
@@ -377,6 +381,7 @@ def test_a_bundle_made_elsewhere_is_installed_for_the_sections_with_its_data(tmp
     assert (bundle / "site" / "bundled_probe" / "__init__.py").is_file()
 
 
+@pytest.mark.slow
 def test_a_bundle_without_wheels_or_with_a_broken_one_is_one_line_and_exit_2(tmp_path, capsys):
     bundle = tmp_path / "bundle"
     bundle.mkdir()

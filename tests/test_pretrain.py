@@ -191,6 +191,7 @@ def test_a_missing_dataset_stops_with_one_message_and_no_traceback(tmp_path, cap
     assert str(tmp_path / "nowhere") in errors and "dataset-fashion-mnist" in errors
 
 
+@pytest.mark.slow  # W&B starts a service process
 def test_wandb_offline_run_with_the_view_grid_lands_in_the_run_directory(tmp_path):
     run_dir = pretrain_tiny(tmp_path, "wandb", "log.trackers=[wandb]")
     (offline_run,) = RunDirectory(run_dir).wandb.glob("offline-run-*")

@@ -73,6 +73,7 @@ def per_process():
     return run_in_process_group(_on_each_process, WORLD)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "layout"), PARAMS)
 def test_processes_equal_one_process_on_the_concatenated_batch(per_process, name, layout):
     single_loss, single_grads = _loss_and_grads(name, layout)

@@ -40,6 +40,7 @@ def per_process():
     return run_in_process_group(_on_each_process, WORLD)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_views", [2, 3])
 def test_multi_view_supcon_across_processes_equals_one_process_on_the_whole_batch(per_process, num_views):
     single = loss_over_views(SupConLoss(temperature=0.3), _views(num_views)).item()
@@ -47,6 +48,7 @@ def test_multi_view_supcon_across_processes_equals_one_process_on_the_whole_batc
     assert mean == pytest.approx(single, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_supcon_over_two_views_equals_ntxent_on_every_process(per_process):
     for results in per_process:
         assert results["supcon_pair"] == pytest.approx(results["ntxent_pair"], rel=1e-5)
