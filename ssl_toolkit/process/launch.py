@@ -75,9 +75,17 @@ class Launched:
     """A started command: `wait()` for how it ended; `process` is its Popen (None when it ran in this
     process)."""
 
-    def __init__(self, process: subprocess.Popen | None, outcome_path: Path, started: float, on_exit=None):
+    def __init__(
+        self,
+        process: subprocess.Popen | None,
+        outcome_path: Path,
+        started: float,
+        on_exit=None,
+        outcome_is_temporary: bool = False,
+    ):
         self.process = process
         self.outcome_path = outcome_path
+        self.outcome_is_temporary = outcome_is_temporary
         self.started = started
         self._on_exit = on_exit
         self._finished: Finished | None = None
@@ -107,6 +115,8 @@ class Launched:
         if self._on_exit is not None:
             self._on_exit()
         outcome = read_outcome(self.outcome_path) or Outcome.of_exit_code(exit_code)
+        if self.outcome_is_temporary:  # nobody asked to keep it: read, then gone
+            clear_outcome(self.outcome_path)
         self._finished = Finished(exit_code, outcome, peak_mb, time.monotonic() - self.started)
 
 
@@ -135,16 +145,18 @@ class Launcher(ABC):
         return self.start(command, **options).wait()
 
 
-def _outcome_path(outcome: str | Path | None) -> Path:
+def _outcome_path(outcome: str | Path | None) -> tuple[Path, bool]:
+    """The outcome file to name in the command's environment and whether it is temporary: `outcome`,
+    cleared of an earlier command's, or a fresh temporary name, removed once read."""
     if outcome is not None:
         path = Path(outcome)
         path.parent.mkdir(parents=True, exist_ok=True)
         clear_outcome(path)
-        return path
+        return path, False
     handle, name = tempfile.mkstemp(prefix="ssl_toolkit_outcome_", suffix=".json")
     os.close(handle)
     os.unlink(name)
-    return Path(name)
+    return Path(name), True
 
 
 @dataclass(frozen=True)
@@ -159,7 +171,7 @@ class Subprocess(Launcher):
     def start(self, command, *, outcome=None, log=None, environment=None, memory_limit_mb=None, cwd=None,
               stdout=None, new_session=False) -> Launched:  # fmt: skip
         argv = self.argv(command)
-        outcome_path = _outcome_path(outcome)
+        outcome_path, temporary = _outcome_path(outcome)
         env = {**os.environ, **(environment or {}), OUTCOME_VARIABLE: str(outcome_path)}
         handle = None
         if log is not None:
@@ -185,7 +197,8 @@ class Subprocess(Launcher):
             start_new_session=new_session,
             text=stdout is not None,
         )
-        return Launched(process, outcome_path, time.monotonic(), on_exit=handle.close if handle else None)
+        on_exit = handle.close if handle else None
+        return Launched(process, outcome_path, time.monotonic(), on_exit, outcome_is_temporary=temporary)
 
 
 @dataclass(frozen=True)
@@ -229,7 +242,7 @@ class InProcess(Launcher):
               stdout=None, new_session=False) -> Launched:  # fmt: skip
         if not command.module:
             raise ValueError(f"the in-process launcher runs modules, not the script {command.target}")
-        outcome_path = _outcome_path(outcome)
+        outcome_path, temporary = _outcome_path(outcome)
         started = time.monotonic()
         _reset_accelerate()
         shown = ["python", *command.python_arguments()]
@@ -248,7 +261,7 @@ class InProcess(Launcher):
                 exit_code = 1
             finally:
                 _reset_accelerate()
-        launched = Launched(None, outcome_path, started)
+        launched = Launched(None, outcome_path, started, outcome_is_temporary=temporary)
         launched._finish(int(exit_code or 0), None)
         return launched
 
