@@ -71,7 +71,7 @@ def test_metrics_agree_with_scikit_learn():
 def test_probe_command_writes_probe_json_and_prints_each_baseline(tiny_run, capsys):
     from ssl_toolkit.cli import main
 
-    assert main(["probe", str(tiny_run), "--baselines"]) == 0
+    assert main(["probe", str(tiny_run), "--baselines", "--weight-decay", "1e-4"]) == 0  # one fit per kind
     printed = capsys.readouterr().out
     assert "pretrained encoder" in printed and "same backbone, untrained" in printed
     assert "raw pixels" in printed and "probe.json" in printed
@@ -88,7 +88,7 @@ def test_probe_command_writes_probe_json_and_prints_each_baseline(tiny_run, caps
 
 
 def test_probe_of_both_features_reports_h_and_z(tiny_run):
-    result = run_probe(tiny_run, features="both")
+    result = run_probe(tiny_run, features="both", weight_decay=1e-4)
     assert result["features"] == "backbone" and result["feature_dim"] == 96  # test_resnet's h
     projection = result["projection"]
     assert projection["features"] == "projection" and projection["feature_dim"] == 16  # model.proj_dim
