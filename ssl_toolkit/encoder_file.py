@@ -125,6 +125,8 @@ def load_encoder(path: str | Path) -> TrainedEncoder:
     except Exception as error:  # truncated, overwritten, not safetensors: the fix is the same
         raise _unreadable(path, error) from error
     kind = metadata.pop("data_kind", None)
+    if kind is None:
+        raise _unreadable(path, ValueError("it names no data kind, as files of ssl_toolkit before 0.1 did"))
     if not isinstance(kind, str):
         raise _unreadable(path, TypeError(f"data_kind is {kind!r}, not a name"))
     kind_class = kind_by_name(kind)  # an unregistered kind is no fault of the file: its message says so

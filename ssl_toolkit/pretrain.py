@@ -20,7 +20,13 @@ from ssl_toolkit.encoder_file import save_run_encoder
 from ssl_toolkit.files import writing
 from ssl_toolkit.kinds import create_data_kind
 from ssl_toolkit.process.launch import stop_with_parent
-from ssl_toolkit.process.outcome import Outcome, run_entry_point, write_outcome
+from ssl_toolkit.process.outcome import (
+    Outcome,
+    clear_outcome,
+    rank_outcome_path,
+    run_entry_point,
+    write_outcome,
+)
 from ssl_toolkit.process.status import RunFailure, Status, as_failure
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training import run_claim
@@ -50,6 +56,9 @@ def pretrain(config: Config) -> Path:
     run = RunDirectory(config.run_dir)
     accelerator = build.accelerator(config, run)
     lock = run_claim.claim(accelerator, config, run)
+    if accelerator.is_main_process:  # the last session's account: a resumed run writes its own
+        clear_outcome(run.outcome)
+    accelerator.wait_for_everyone()
     progress = TrainingProgress()
     try:
         with StopSignals() as signals:
@@ -73,7 +82,7 @@ def pretrain(config: Config) -> Path:
 def _as_failure(error: BaseException, config: Config, run: RunDirectory) -> RunFailure | None:
     """`error` as the RunFailure the run ends with: a peer that stopped answering is an interruption, an
     allocation failure is OutOfMemory naming what to lower; None for a bug."""
-    if isinstance(error, RuntimeError) and distributed.lost_peer(error):
+    if not isinstance(error, RunFailure) and isinstance(error, RuntimeError) and distributed.lost_peer(error):
         return TrainingInterrupted(
             f"another process stopped answering for train.collective_timeout_s="
             f"{config.train.collective_timeout_s:g} s (stalled, or dead: see its log); "
@@ -88,7 +97,7 @@ def _leave_outcome(run: RunDirectory, accelerator: Accelerator, outcome: Outcome
     if accelerator.is_main_process:
         write_outcome(run.outcome, outcome)
     elif outcome.status is not Status.OK:
-        write_outcome(run.outcome.with_name(f"{run.outcome.name}.rank{accelerator.process_index}"), outcome)
+        write_outcome(rank_outcome_path(run.outcome, accelerator.process_index), outcome)
 
 
 def _train(

@@ -8,7 +8,7 @@ runs/NAME/
   pretrain.json            the finished pretraining: seconds, steps, epochs, samples and views per second
   checkpoints/step_*/      Accelerate state and progress.json (step, processes, every file's SHA-256),
                            resumable (`.tmp_*` while being written)
-  outcome.json             how the run ended: status, message, step (outcome.rank<N>.json: another
+  outcome.json             how the run ended: status, message, step (outcome.json.rank<N>: another
                            process of the run that failed)
   encoder.safetensors      backbone + head weights, the spec to rebuild them and their preprocessing
   features/                evaluation's feature cache

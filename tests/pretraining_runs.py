@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ssl_toolkit.config import load_config
+from ssl_toolkit.process.launch import reset_accelerate
 from ssl_toolkit.run_dir import RunDirectory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,14 +53,6 @@ def load_module(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def reset_accelerate() -> None:
-    """Accelerate keeps process-wide singletons; a new Accelerator in the same process needs them cleared."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def tiny_config(output_dir, name="tiny", *overrides):

@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.process.launch import AccelerateLaunch, Subprocess
-from ssl_toolkit.process.outcome import read_outcome
+from ssl_toolkit.process.outcome import Outcome, rank_outcome_path, read_outcome, write_outcome
 from ssl_toolkit.process.status import ExitCode, Status
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training.objective import ContrastiveObjective
@@ -97,6 +97,12 @@ def test_each_stop_signal_ends_the_run_after_its_step_with_a_checkpoint_and_an_o
     outcome = read_outcome(run.outcome)
     assert (outcome.status, outcome.step, outcome.exit_code) == (Status.INTERRUPTED, 3, ExitCode.INTERRUPTED)
     assert signal.getsignal(stop) == handler_before  # the handler given back
+
+    # The resumed session writes its own account; what another process once wrote does not outlive it.
+    write_outcome(rank_outcome_path(run.outcome, 1), Outcome(Status.DIVERGED, "an earlier session", 2))
+    monkeypatch.setattr(ContrastiveObjective, "loss_of", real_loss_of)
+    pretrain_tiny(tmp_path, "stopped", "train.max_steps=6", "train.checkpoint_every=100", "train.resume=auto")
+    assert read_outcome(run.outcome) == Outcome(Status.OK, None, 6)
 
 
 @pytest.mark.slow

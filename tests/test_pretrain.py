@@ -189,6 +189,10 @@ def test_a_missing_dataset_stops_with_one_message_and_no_traceback(tmp_path, cap
     errors = capsys.readouterr().err
     assert errors.startswith("error: data.name='fashion_mnist'") and "Traceback" not in errors
     assert str(tmp_path / "nowhere") in errors and "dataset-fashion-mnist" in errors
+    # The refused attempt trained nothing: the same command with the data fixed takes the directory.
+    assert RunDirectory(tmp_path / "quickstart").outcome.is_file()
+    fixed = ["data.name=digits", "data.root=null", "data.image_size=8", "model.backbone=test_resnet"]
+    assert pretrain_module.main([*arguments, *fixed, "train.max_steps=1", "log.trackers=[]"]) == ExitCode.OK
 
 
 @pytest.mark.slow  # W&B starts a service process

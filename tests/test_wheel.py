@@ -45,6 +45,14 @@ def test_the_wheel_installs_into_a_fresh_venv_with_its_recipes_and_command(tmp_p
     )
     (wheel,) = (tmp_path / "dist").glob("ssl_toolkit-*.whl")
     with zipfile.ZipFile(wheel) as archive:
+        packaged = set(archive.namelist())
+        # Every module and data file of the package, in every subpackage (a kind's folder, training/, ...).
+        shipped = {
+            path.relative_to(REPO).as_posix()
+            for path in (REPO / "ssl_toolkit").rglob("*")
+            if path.is_file() and path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts
+        }
+        assert shipped <= packaged, sorted(shipped - packaged)
         dist_info = f"ssl_toolkit-{__version__}.dist-info"
         assert archive.read(f"{dist_info}/licenses/LICENSE") == (REPO / "LICENSE").read_bytes()
         metadata = archive.read(f"{dist_info}/METADATA").decode()

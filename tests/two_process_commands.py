@@ -17,9 +17,8 @@ from pathlib import Path
 
 
 def main(plan: Path, out_dir: Path) -> None:
-    from accelerate.state import AcceleratorState, GradientState
-
     from ssl_toolkit.cli import main as cli_main
+    from ssl_toolkit.process.launch import reset_accelerate
 
     rank = os.environ["RANK"]
     for name, arguments in json.loads(plan.read_text()).items():
@@ -28,9 +27,7 @@ def main(plan: Path, out_dir: Path) -> None:
             code = cli_main(arguments)
         record = {"exit_code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
         (out_dir / f"{name}.rank{rank}.json").write_text(json.dumps(record))
-        # The next command builds its own Accelerator, as a new launch would; the process group stays.
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+        reset_accelerate()  # the next command builds its own Accelerator; the process group stays
     import torch.distributed
 
     # Leave together: a process exiting while gloo still talks to the other aborts ("terminate called").

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ssl_toolkit.kinds.images.views import BatchViews, PerImageViews, preset_views
+from ssl_toolkit.kinds.images import BatchViews, PerImageViews, preset_views
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet's, lightly's default normalisation
 STD = (0.229, 0.224, 0.225)

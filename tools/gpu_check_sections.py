@@ -399,7 +399,7 @@ def _report_loss(report: Report, name: str, n: int, results: dict[str, dict]) ->
 
 
 def augmentation(report: Report, scale: Scale, args: argparse.Namespace) -> None:
-    from ssl_toolkit.kinds.images.views import preset_views
+    from ssl_toolkit.kinds.images import preset_views
 
     _require("kornia")
     device = _device()
@@ -433,7 +433,7 @@ def _batch_views_rate(views, side: int, scale: Scale, device) -> float:
     import torch
     from bench_augment import photo_like_images
 
-    from ssl_toolkit.kinds.images.views import BatchViews
+    from ssl_toolkit.kinds.images import BatchViews
 
     batch = torch.stack(photo_like_images(scale.view_batch, (side, side), seed=1)).to(device)
     make_views = BatchViews(views).to(device)
@@ -452,7 +452,7 @@ def _loader_views_rate(views, source_size: tuple[int, int], scale: Scale, worker
     from bench_augment import photo_like_images
     from torch.utils.data import DataLoader, Dataset
 
-    from ssl_toolkit.kinds.images.views import PerImageViews
+    from ssl_toolkit.kinds.images import PerImageViews
 
     class Views(Dataset):
         def __init__(self, images, transform):

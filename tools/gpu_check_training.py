@@ -62,8 +62,7 @@ def _build_step_pair(
     from accelerate import Accelerator
     from torch import nn
 
-    from ssl_toolkit.kinds.images.backbones import EncoderSpec, create_encoder
-    from ssl_toolkit.kinds.images.views import BatchViews, preset_views
+    from ssl_toolkit.kinds.images import BatchViews, EncoderSpec, create_encoder, preset_views
     from ssl_toolkit.losses import NTXentLoss
     from ssl_toolkit.training.objective import ContrastiveObjective, plain_step
 
@@ -193,7 +192,7 @@ def _gradient_runs(scale: Scale, device) -> tuple[Callable[[], list], Callable[[
     with stochastic depth drawing from the generator of the views' device."""
     import torch
 
-    from ssl_toolkit.kinds.images.backbones import EncoderSpec, create_encoder
+    from ssl_toolkit.kinds.images import EncoderSpec, create_encoder
     from ssl_toolkit.losses import NTXentLoss
     from ssl_toolkit.training import grad_cache
     from ssl_toolkit.training.objective import ContrastiveObjective
@@ -282,8 +281,7 @@ def _cache_steps(scale: Scale) -> tuple[object, object, Callable[[Callable, int,
     import torch
     from accelerate import Accelerator
 
-    from ssl_toolkit.kinds.images.backbones import EncoderSpec, create_encoder
-    from ssl_toolkit.kinds.images.views import BatchViews, preset_views
+    from ssl_toolkit.kinds.images import BatchViews, EncoderSpec, create_encoder, preset_views
     from ssl_toolkit.losses import NTXentLoss
     from ssl_toolkit.training.objective import ContrastiveObjective
 

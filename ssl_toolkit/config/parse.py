@@ -280,7 +280,8 @@ def load_config(
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """A recipe and its overrides as command-line arguments (`pretrain`'s, and a study cell's command)."""
+    """A recipe and its overrides as command-line arguments (of `ssl-toolkit pretrain` and
+    `python -m ssl_toolkit.pretrain`)."""
     parser.add_argument("recipe", help="YAML recipe or packaged recipe name, e.g. quickstart")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.batch_size=64")
     return parser

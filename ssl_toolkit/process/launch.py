@@ -16,6 +16,7 @@ import importlib
 import io
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssl_toolkit.process.memory import child_peak_memory_mb
-from ssl_toolkit.process.outcome import OUTCOME_VARIABLE, Outcome, clear_outcome, read_outcome
+from ssl_toolkit.process.outcome import OUTCOME_VARIABLE, Outcome, clear_outcome, exit_code_of, read_outcome
 
 LAUNCHER_WORDS = ("accelerate", "torchrun", "torch.distributed")
 
@@ -116,7 +117,7 @@ class Launched:
             self._on_exit()
         outcome = read_outcome(self.outcome_path) or Outcome.of_exit_code(exit_code)
         if self.outcome_is_temporary:  # nobody asked to keep it: read, then gone
-            clear_outcome(self.outcome_path)
+            shutil.rmtree(self.outcome_path.parent, ignore_errors=True)
         self._finished = Finished(exit_code, outcome, peak_mb, time.monotonic() - self.started)
 
 
@@ -153,10 +154,7 @@ def _outcome_path(outcome: str | Path | None) -> tuple[Path, bool]:
         path.parent.mkdir(parents=True, exist_ok=True)
         clear_outcome(path)
         return path, False
-    handle, name = tempfile.mkstemp(prefix="ssl_toolkit_outcome_", suffix=".json")
-    os.close(handle)
-    os.unlink(name)
-    return Path(name), True
+    return Path(tempfile.mkdtemp(prefix="ssl_toolkit_outcome_")) / "outcome.json", True
 
 
 @dataclass(frozen=True)
@@ -187,16 +185,21 @@ class Subprocess(Launcher):
                 limit = memory_limit_mb << 20
                 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-        process = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdout=stdout if stdout is not None else handle,
-            stderr=handle if handle is not None else None,
-            preexec_fn=prepare_child,
-            start_new_session=new_session,
-            text=stdout is not None,
-        )
+        try:
+            process = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdout=stdout if stdout is not None else handle,
+                stderr=handle if handle is not None else None,
+                preexec_fn=prepare_child,
+                start_new_session=new_session,
+                text=stdout is not None,
+            )
+        except BaseException:
+            if handle is not None:
+                handle.close()
+            raise
         on_exit = handle.close if handle else None
         return Launched(process, outcome_path, time.monotonic(), on_exit, outcome_is_temporary=temporary)
 
@@ -242,9 +245,18 @@ class InProcess(Launcher):
               stdout=None, new_session=False) -> Launched:  # fmt: skip
         if not command.module:
             raise ValueError(f"the in-process launcher runs modules, not the script {command.target}")
+        unsupported = {
+            "memory_limit_mb": memory_limit_mb,
+            "cwd": cwd,
+            "stdout": stdout,
+            "new_session": new_session,
+        }
+        given = [name for name, value in unsupported.items() if value not in (None, False)]
+        if given:
+            raise ValueError(f"the in-process launcher cannot apply {', '.join(given)}: use Subprocess")
         outcome_path, temporary = _outcome_path(outcome)
         started = time.monotonic()
-        _reset_accelerate()
+        reset_accelerate()
         shown = ["python", *command.python_arguments()]
         with (
             _environment({**(environment or {}), OUTCOME_VARIABLE: str(outcome_path)}),
@@ -253,20 +265,20 @@ class InProcess(Launcher):
             try:
                 exit_code = importlib.import_module(command.target).main(list(command.arguments))
             except SystemExit as error:
-                exit_code = error.code if isinstance(error.code, int) else 1
+                exit_code = exit_code_of(error)
             except Exception:  # a bug in the command: its outcome file says so, its traceback is in the log
                 import traceback
 
                 traceback.print_exc()
                 exit_code = 1
             finally:
-                _reset_accelerate()
+                reset_accelerate()
         launched = Launched(None, outcome_path, started, outcome_is_temporary=temporary)
         launched._finish(int(exit_code or 0), None)
         return launched
 
 
-def _reset_accelerate() -> None:
+def reset_accelerate() -> None:
     """Forget Accelerate's singletons (its own tests' way), so that the next command builds its own."""
     state = sys.modules.get("accelerate.state")
     if state is not None:

@@ -61,7 +61,7 @@ class Outcome:
         if isinstance(error, KeyboardInterrupt):
             return cls(Status.INTERRUPTED, "KeyboardInterrupt", step)
         if isinstance(error, SystemExit):  # argparse's usage errors exit 2
-            code = error.code if isinstance(error.code, int) else 1
+            code = exit_code_of(error)
             return cls(status_of_exit_code(code)[0], f"exited with {code}", step)
         return cls(Status.ERROR, _one_line(f"{type(error).__name__}: {error}"), step)
 
@@ -72,20 +72,26 @@ class Outcome:
         return cls(status, message or None)
 
 
+def exit_code_of(exit: SystemExit) -> int:
+    """The exit code a SystemExit ends the process with: None is 0, a message is 1."""
+    return 0 if exit.code is None else exit.code if isinstance(exit.code, int) else 1
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:MESSAGE_CHARACTERS]
 
 
-def _rank_suffix() -> str:
-    """`.rank<N>` for a process other than rank 0 of a launched group (torchrun and accelerate set RANK)."""
-    rank = os.environ.get("RANK", "0")
-    return "" if rank in ("", "0") else f".rank{rank}"
+def rank_outcome_path(path: str | Path, rank: int | str) -> Path:
+    """Where process `rank` of a group writes the outcome asked for at `path`: `path` itself for rank 0,
+    `<path>.rank<N>` beside it for the others."""
+    path = Path(path)
+    return path if str(rank) in ("", "0") else path.with_name(f"{path.name}.rank{rank}")
 
 
 def process_outcome_path(path: str | Path) -> Path:
-    """Where this process writes the outcome a launcher asked for at `path`."""
-    path = Path(path)
-    return path.with_name(path.name + _rank_suffix())
+    """Where this process writes the outcome a launcher asked for at `path` (torchrun and accelerate
+    launch set RANK)."""
+    return rank_outcome_path(path, os.environ.get("RANK", "0"))
 
 
 def write_outcome(path: str | Path, outcome: Outcome) -> None:
@@ -119,7 +125,8 @@ def clear_outcome(path: str | Path) -> None:
 
 
 def run_entry_point(body: Callable[[], object], memory_advice: str = GENERIC_MEMORY_ADVICE) -> int:
-    """Run a command's `body` and return its exit code; the outcome goes to `$SSL_TOOLKIT_OUTCOME` if set.
+    """Run a command's `body` and return its exit code (0, or the int `body` returns); the outcome goes to
+    `$SSL_TOOLKIT_OUTCOME` if set.
 
     An error the user can act on (a `RunFailure`, an allocation failure) is printed as one `error:` line and
     ends with its status's code. Anything else is a bug: its outcome says `error` and it propagates with its
@@ -132,7 +139,7 @@ def run_entry_point(body: Callable[[], object], memory_advice: str = GENERIC_MEM
             write_outcome(process_outcome_path(destination), outcome)
 
     try:
-        body()
+        returned = body()
     except BaseException as error:
         outcome = Outcome.of_error(error, memory_advice=memory_advice)
         record(outcome)
@@ -141,5 +148,6 @@ def run_entry_point(body: Callable[[], object], memory_advice: str = GENERIC_MEM
             raise
         print(f"error: {failure}", file=sys.stderr, flush=True)
         return outcome.exit_code
-    record(Outcome(Status.OK))
-    return 0
+    code = returned if isinstance(returned, int) else 0  # a command may end with a code of its own
+    record(Outcome(Status.OK) if code == 0 else Outcome.of_exit_code(code))
+    return code

@@ -88,9 +88,11 @@ class OutOfMemory(RunFailure):
 
 
 GENERIC_MEMORY_ADVICE = "use smaller batches, or a machine with more memory"
-# Host allocation failures that PyTorch reports as a RuntimeError (Linux and macOS, Windows).
-HOST_ALLOCATION_PHRASES = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
 OUT_OF_MEMORY_WORDS = "out of memory"
+# Allocation failures that PyTorch reports as a RuntimeError: on the host (Linux and macOS, Windows), and on
+# the GPU from libraries below PyTorch's allocator (a kernel's workspace, cuBLAS, NCCL).
+HOST_ALLOCATION_PHRASES = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
+GPU_ALLOCATION_PHRASES = (f"CUDA error: {OUT_OF_MEMORY_WORDS}", "CUBLAS_STATUS_ALLOC_FAILED")
 
 
 def as_failure(error: BaseException, memory_advice: str = GENERIC_MEMORY_ADVICE) -> RunFailure | None:
@@ -99,7 +101,9 @@ def as_failure(error: BaseException, memory_advice: str = GENERIC_MEMORY_ADVICE)
     if isinstance(error, RunFailure):
         return error
     torch = sys.modules.get("torch")  # a process that never imported torch has no torch errors
-    if torch is not None and isinstance(error, torch.OutOfMemoryError):
+    if (torch is not None and isinstance(error, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and any(phrase in str(error) for phrase in GPU_ALLOCATION_PHRASES)
+    ):
         where = "on the GPU"
     elif isinstance(error, MemoryError) or (
         isinstance(error, RuntimeError) and any(phrase in str(error) for phrase in HOST_ALLOCATION_PHRASES)

@@ -225,7 +225,8 @@ class StudyRunner:
             outcome = finished.outcome
             if outcome.status is Status.INTERRUPTED:
                 raise StudyInterrupted(
-                    f"{name} stopped for a signal with a checkpoint; rerun the study to continue"
+                    f"{name} was stopped by a signal ({outcome.message}); rerun the study to continue it "
+                    "from its last checkpoint"
                 )
             if outcome.status is not Status.OK:
                 status = RESULT_STATUS.get(outcome.status, "error")

@@ -18,10 +18,16 @@ from ssl_toolkit.run_dir import RunDirectory
 
 
 def used_entries(run: RunDirectory) -> list[str]:
-    """What a previous run left in the directory (its lock file aside), sorted."""
+    """What a previous run left in the directory, sorted: not its lock file, nor the outcome of an attempt
+    that stopped before it trained (a rerun after fixing a missing dataset takes the directory as it is)."""
     if not run.path.is_dir():
         return []
-    return sorted(entry.name for entry in run.path.iterdir() if entry.name != run.lock.name)
+    attempt = (run.lock.name, run.outcome.name)
+    return sorted(
+        entry.name
+        for entry in run.path.iterdir()
+        if entry.name not in attempt and not entry.name.startswith(f"{run.outcome.name}.rank")
+    )
 
 
 def clear(run: RunDirectory) -> None:

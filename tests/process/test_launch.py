@@ -77,3 +77,29 @@ def test_the_in_process_launcher_runs_a_modules_main_and_reads_the_same_outcome(
     assert log.read_text().splitlines()[0] == f"$ python -m ssl_toolkit.cli knn {tmp_path / 'none'}"
     with pytest.raises(ValueError, match="runs modules"):
         InProcess().start(Command.of_script(sys.executable))
+
+
+ALLOCATES = textwrap.dedent(
+    """
+    import sys
+    from ssl_toolkit.process.outcome import run_entry_point
+
+    sys.exit(run_entry_point(lambda: bytearray(int(sys.argv[1]) << 20)))
+    """
+)
+
+
+def test_a_subprocess_under_a_memory_limit_that_allocates_past_it_ends_out_of_memory(tmp_path):
+    script = tmp_path / "allocates.py"
+    script.write_text(ALLOCATES)
+    within = Subprocess().run(Command.of_script(script, ["16"]), memory_limit_mb=600)
+    assert within.outcome.status is Status.OK
+    past = Subprocess().run(Command.of_script(script, ["2000"]), memory_limit_mb=600)
+    assert past.exit_code == ExitCode.OUT_OF_MEMORY and past.outcome.status is Status.OUT_OF_MEMORY
+
+
+def test_the_in_process_launcher_refuses_what_only_a_new_process_can_do(tmp_path):
+    command = Command.of_module("ssl_toolkit.cli", ["--version"])
+    for option in ({"memory_limit_mb": 1000}, {"cwd": tmp_path}, {"new_session": True}):
+        with pytest.raises(ValueError, match=r"cannot apply .*use Subprocess"):
+            InProcess().start(command, **option)

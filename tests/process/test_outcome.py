@@ -30,6 +30,7 @@ from ssl_toolkit.training.stop_signals import TrainingInterrupted
         (TrainingInterrupted("stopped by a signal after step 3"), Status.INTERRUPTED, 4),
         (MemoryError(), Status.OUT_OF_MEMORY, 5),
         (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"), Status.OUT_OF_MEMORY, 5),
+        (RuntimeError("CUDA error: out of memory\nCompile with TORCH_USE_CUDA_DSA"), Status.OUT_OF_MEMORY, 5),
     ],
 )
 def test_each_failure_a_user_can_act_on_has_its_status_and_exit_code(error, status, code):
@@ -97,6 +98,8 @@ def test_the_entry_point_prints_one_line_and_writes_the_outcome_where_it_is_aske
 
     assert run_entry_point(lambda: None) == ExitCode.OK
     assert read_outcome(destination) == Outcome(Status.OK)
+    assert run_entry_point(lambda: 3) == 3  # a command that ends with a code of its own
+    assert read_outcome(destination).status is Status.DIVERGED
 
     def bug():
         raise KeyError("a bug")

@@ -206,14 +206,16 @@ def test_failed_cells_are_classified_from_their_outcome_and_shown_while_the_othe
         assert not list((output / "logs").glob("*.log"))
     table = (output / "tables.md").read_text()
     # One seed, so the finished cell shows its value alone (no spread), the failed ones their status.
-    for temperature, shown in [(0.5, r"\d\.\d{3}"), (OUT_OF_MEMORY_T, "out of memory"), (NAN_T, "diverged")]:
+    for temperature, shown in [
+        (0.5, r"\d\.\d{3}"), (OUT_OF_MEMORY_T, "out of memory"), (NAN_T, "diverged"), (-1.0, "error")
+    ]:  # fmt: skip
         assert re.search(rf"^\| {temperature} \| {shown} \|$", table, flags=re.MULTILINE), table
 
 
 def test_a_cell_stopped_by_a_signal_stops_the_study_which_resumes_it(tmp_path, failing_cells):
     study = _write_study(tmp_path, {"loss.temperature": [SIGNALLED_T]}, seeds=[0], evaluate=())
     output = tmp_path / "out"
-    with pytest.raises(StudyInterrupted, match="stopped for a signal with a checkpoint"):
+    with pytest.raises(StudyInterrupted, match=r"was stopped by a signal .*stopped by a signal after step"):
         _run_in_process(study, output, SilentInProcess())
     assert not (output / "results.jsonl").exists()
     (run,) = (output / "runs").iterdir()
@@ -257,18 +259,18 @@ def test_the_shipped_studies_and_the_readmes_example_load(tmp_path):
 
 
 @pytest.mark.slow
-def test_cells_launch_on_several_processes_with_an_accelerate_config(tmp_path):
+def test_cells_launch_on_several_processes_with_an_accelerate_config_and_evaluate_in_a_subprocess(tmp_path):
     config = REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"
-    study = _write_study(
-        tmp_path, {"loss.temperature": [0.5]}, seeds=[0], evaluate=(), accelerate_config=str(config)
-    )
+    study = _write_study(tmp_path, {"loss.temperature": [0.5]}, seeds=[0], accelerate_config=str(config))
     output = tmp_path / "out"
     assert cli_main(["study", str(study), "--output-dir", str(output)]) == 0
     (result,) = _results(output)
     assert result["status"] == "ok", result
     (log,) = (output / "logs").glob("*.log")
-    assert "global batch 64 (2 processes)" in log.read_text()
-    assert result["peak_memory_mb"] > 0
+    text = log.read_text()
+    assert "global batch 64 (2 processes)" in text
+    assert "-m ssl_toolkit.cli evaluate" in text and "kNN on" in text  # the evaluation's own process
+    assert result["peak_memory_mb"] > 0 and 0 < result["knn_top1"] <= 1
 
 
 def test_a_result_line_cut_short_by_a_kill_is_dropped_before_the_next_is_appended(tmp_path):
