@@ -210,6 +210,7 @@ def test_the_command_prints_what_it_wrote_and_how_to_load_it(rgb_run, tmp_path, 
     assert lines[1:] == ["load it with plain timm:", f"  {loading_code(out, 'timm')}"]
 
 
+@pytest.mark.slow  # torch's ONNX exporter traces the graph
 def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_batch(rgb_run, tmp_path):
     import onnxruntime
 
@@ -224,6 +225,7 @@ def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_batch(rgb_run, tmp_path)
         torch.testing.assert_close(features, expected_features(rgb_run, images), rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow  # the graph exporters trace the model
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_small_convnet_goes_to_the_graph_formats_only(convnet_run, tmp_path):
     for format in ("timm", "hf"):

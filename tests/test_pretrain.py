@@ -226,6 +226,7 @@ def test_tensorboard_gets_the_metrics_and_a_view_grid_with_each_evaluation(tmp_p
     assert sorted(image_steps) == [1, 2]  # the views of each step that ran an evaluation
 
 
+@pytest.mark.slow  # dynamo traces the encoder
 def test_a_compiled_encoder_trains_like_the_eager_one_and_saves_plain_names(tmp_path, tiny_run, monkeypatch):
     # Dynamo traces the encoder and hands the graph to its eager backend: the toolkit's side of compiling
     # (what is compiled, what is saved) without inductor's code generation, which the next test runs.
