@@ -25,6 +25,7 @@ from ssl_toolkit.eval.defaults import (
     finetune_epochs,
 )
 from ssl_toolkit.process.outcome import run_entry_point
+from ssl_toolkit.process.signals import raising_on_stop_signals
 
 
 def _schedule(args: argparse.Namespace, epochs: int, lr: float):
@@ -384,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.handler is _pretrain:
         return _pretrain(args)
-    return run_entry_point(lambda: args.handler(args))
+    with raising_on_stop_signals(f"ssl-toolkit {args.command}"):
+        return run_entry_point(lambda: args.handler(args))
 
 
 if __name__ == "__main__":

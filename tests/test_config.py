@@ -150,3 +150,11 @@ def test_docs_config_md_describes_every_key():
     ]
     missing = [key for key in keys if f"`{key}`" not in documented]
     assert not missing, f"docs/config.md does not describe {missing}"
+
+
+def test_a_loss_that_does_not_take_the_recipes_option_says_how_to_drop_it():
+    with pytest.raises(
+        ConfigError, match=r"unknown key loss.temperature for loss 'triplet'.*loss.temperature=null"
+    ):
+        load_config(QUICKSTART, ["loss.name=triplet"])
+    assert load_config(QUICKSTART, ["loss.name=triplet", "loss.temperature=null"]).loss.options == {}

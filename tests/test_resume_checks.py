@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -167,3 +168,47 @@ def test_a_full_disk_is_named_in_one_line_and_the_previous_checkpoint_stays_inta
     monkeypatch.undo()
     resumed = pretrain_tiny(tmp_path, "full", "train.max_steps=3", "train.resume=auto")
     assert [r["step"] for r in records(resumed)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("files", "named"),
+    [
+        ([1, 2], "progress.json is unreadable"),
+        ({"model.safetensors": 3}, "progress.json is unreadable"),
+        ({"../../outside": {"bytes": 1, "sha256": "0"}}, "not a file of the checkpoint"),
+    ],
+    ids=["a_list", "an_entry_without_size", "a_path_out_of_the_folder"],
+)
+def test_a_progress_file_of_the_wrong_shape_is_named_and_the_previous_checkpoint_used(
+    stopped_at_4, capsys, files, named
+):
+    latest = stopped_at_4.checkpoint_dirs()[-1]
+    description = json.loads((latest / PROGRESS_FILE).read_text())
+    (latest / PROGRESS_FILE).write_text(json.dumps({**description, "files": files}))
+    assert named in checkpoint_problem(latest)
+    _resume(stopped_at_4, "train.max_steps=6")
+    assert f"skipping checkpoint {latest}: its {PROGRESS_FILE}" in capsys.readouterr().out
+    assert json.loads(stopped_at_4.resumes.read_text().splitlines()[0])["step"] == 2
+
+
+def test_random_states_that_verify_but_are_not_plain_data_are_never_resumed_from(
+    stopped_at_4, tmp_path, capsys
+):
+    # A file that progress.json vouches for (its digest updated too) but that only a full unpickling would
+    # read: Accelerate would skip it without a word and resume with fresh random states.
+    latest = stopped_at_4.checkpoint_dirs()[-1]
+    marker = tmp_path / "payload_ran"
+    (latest / "random_states_0.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    description = json.loads((latest / PROGRESS_FILE).read_text())
+    path = latest / "random_states_0.pkl"
+    description["files"]["random_states_0.pkl"] = {
+        "bytes": path.stat().st_size,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+    (latest / PROGRESS_FILE).write_text(json.dumps(description))
+    assert checkpoint_problem(latest) is None  # the digests agree
+    _resume(stopped_at_4, "train.max_steps=6")
+    assert not marker.exists()
+    output = capsys.readouterr().out
+    assert f"skipping checkpoint {latest}: random_states_0.pkl cannot be loaded as plain data" in output
+    assert json.loads(stopped_at_4.resumes.read_text().splitlines()[0])["step"] == 2

@@ -115,6 +115,7 @@ def _validate_loss(section: LossSection) -> type:
             raise ConfigError(
                 f"unknown key loss.{key} for loss {section.name!r}; valid keys: "
                 + ", ".join(f"loss.{k}" for k in ["name", "supervised", *valid])
+                + f" (a value the recipe gives another loss is dropped with loss.{key}=null)"
             )
         section.options[key] = _coerce(value, hints.get(key, Any), f"loss.{key}")
         valid_range = loss_option_range(name, key)

@@ -8,6 +8,7 @@ digest differs from progress.json's, an old-style pickle among them, is never op
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
+from accelerate.utils import load as load_weights_only
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -135,13 +137,13 @@ def _choose_checkpoint(run: RunDirectory, setting: str) -> tuple[Path | None, li
             raise ConfigError(
                 f"train.resume={setting!r} is not a checkpoint folder; use auto or a path under checkpoints/"
             )
-        problem = checkpoint_problem(path)
+        problem = _resume_problem(path)
         if problem is not None:
             raise ConfigError(f"train.resume={setting!r} cannot be resumed from: {problem}")
         return path, []
     notes = []
     for folder in reversed(run.checkpoint_dirs()):
-        problem = checkpoint_problem(folder)
+        problem = _resume_problem(folder)
         if problem is None:
             return folder, notes
         notes.append(f"skipping checkpoint {folder}: {problem}")
@@ -151,6 +153,21 @@ def _choose_checkpoint(run: RunDirectory, setting: str) -> tuple[Path | None, li
             "to start the run again"
         )
     return None, []
+
+
+def _resume_problem(folder: Path) -> str | None:
+    """`checkpoint_problem`, and then whether the random states load as plain data: Accelerate loads them
+    without code (weights only) and, when it cannot, resumes with fresh random states without a word."""
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        return problem
+    for path in sorted(folder.glob("random_states_*.pkl")):
+        try:
+            load_weights_only(path)
+        except Exception as error:
+            first = " ".join(str(error).split())[:200]
+            return f"{path.name} cannot be loaded as plain data ({type(error).__name__}: {first})"
+    return None
 
 
 def _saved_config(checkpoint: Path, run: RunDirectory) -> Config:
@@ -212,7 +229,7 @@ def resume(accelerator: Accelerator, run: RunDirectory, config: Config, progress
         return
     try:
         accelerator.load_state(checkpoint)
-    except (RuntimeError, OSError, ValueError, KeyError) as error:
+    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(
             f"checkpoint {checkpoint} does not fit this run's model or optimiser: {first_line}"

@@ -59,15 +59,18 @@ def checkpoint_problem(folder: Path) -> str | None:
         files = description["files"]
         int(description["step"])
         int(description["num_processes"])
+        listed = [(name, int(entry["bytes"]), str(entry["sha256"])) for name, entry in files.items()]
     except FileNotFoundError:
         return f"it has no {PROGRESS_FILE} (an unfinished save, or written by an older ssl_toolkit)"
-    except (ValueError, KeyError, TypeError, OSError) as error:
-        return f"its {PROGRESS_FILE} is unreadable ({error})"
-    for name, expected in files.items():
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as error:
+        return f"its {PROGRESS_FILE} is unreadable ({type(error).__name__}: {error})"
+    for name, size, sha256 in listed:
+        if Path(name).name != name:  # a file of the folder, never a path out of it
+            return f"its {PROGRESS_FILE} lists {name!r}, which is not a file of the checkpoint"
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+        if path.stat().st_size != size or _sha256(path) != sha256:
             return f"{name} is corrupt (its size or SHA-256 differs from {PROGRESS_FILE}'s)"
     return None
 

@@ -1,4 +1,5 @@
-"""Stopping on a signal: SIGTERM (SLURM preemption, `kill`), SIGINT (Ctrl-C), SIGUSR1 (SLURM's warning).
+"""Stopping on a signal: SIGTERM (SLURM preemption, `kill`), SIGINT (Ctrl-C), SIGUSR1 (SLURM's warning),
+SIGHUP (the terminal closed; left alone under `nohup`).
 
 The first signal asks the run to stop at the next step boundary, where every process agrees on it, saves a
 checkpoint and exits with `ExitCode.INTERRUPTED`. A second signal, once `REPEAT_AFTER_S` have passed, exits at
@@ -15,9 +16,9 @@ import sys
 import threading
 import time
 
+from ssl_toolkit.process.signals import STOP_SIGNALS, ignored_by_nohup
 from ssl_toolkit.process.status import RunFailure, Status, exit_code_after_second_signal
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # A launcher forwards the signal it got, and a terminal or SLURM signals every process too, so one Ctrl-C
 # or one preemption reaches a process twice within milliseconds; only a later signal means "now".
 REPEAT_AFTER_S = 2.0
@@ -50,7 +51,8 @@ class StopSignals:
         self._reader, self._writer = socket.socketpair()
         self._writer.setblocking(False)
         for number in STOP_SIGNALS:
-            self._previous[number] = signal.signal(number, _ignore_in_python)
+            if not ignored_by_nohup(number):
+                self._previous[number] = signal.signal(number, _ignore_in_python)
         self._previous_wakeup_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         self._thread = threading.Thread(target=self._watch, name="stop-signals", daemon=True)
         self._thread.start()
