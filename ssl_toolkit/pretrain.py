@@ -20,6 +20,7 @@ from ssl_toolkit.encoder_file import save_run_encoder
 from ssl_toolkit.files import writing
 from ssl_toolkit.kinds import create_data_kind
 from ssl_toolkit.process.launch import stop_with_parent
+from ssl_toolkit.process.memory import limit_memory_from_environment
 from ssl_toolkit.process.outcome import (
     Outcome,
     clear_outcome,
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ssl_toolkit.pretrain", description=__doc__)
     args = add_recipe_arguments(parser).parse_args(argv)
     stop_with_parent()
+    limit_memory_from_environment()  # a study's memory_limit_mb, counted from the libraries loaded now
     return run_entry_point(
         lambda: pretrain(load_config(args.recipe, args.overrides)), memory_advice=LOWER_MEMORY_ADVICE
     )

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.process.launch import AccelerateLaunch, Subprocess
 from ssl_toolkit.process.outcome import Outcome, rank_outcome_path, read_outcome, write_outcome
+from ssl_toolkit.process.signals import STOP_SIGNALS
 from ssl_toolkit.process.status import ExitCode, Status
 from ssl_toolkit.run_dir import RunDirectory
 from ssl_toolkit.training.objective import ContrastiveObjective
@@ -74,7 +75,7 @@ def _the_only_checkpoint_step(run: RunDirectory) -> int:
     return int(checkpoint.name.split("_")[1])
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=lambda s: s.name)
+@pytest.mark.parametrize("stop", STOP_SIGNALS, ids=lambda s: s.name)
 def test_each_stop_signal_ends_the_run_after_its_step_with_a_checkpoint_and_an_outcome(
     tmp_path, monkeypatch, capsys, stop
 ):
@@ -155,6 +156,18 @@ def test_sigterm_stops_both_processes_at_one_step_and_they_resume_to_the_uninter
 
     resumed = pretrain_to_the_end(AccelerateLaunch(num_processes=2), tmp_path, "stopped", "train.resume=auto")
     _assert_same_run(two_process_reference, resumed)
+
+
+def test_a_run_under_nohup_leaves_sighup_ignored(tmp_path, monkeypatch):
+    from ssl_toolkit.training.stop_signals import StopSignals
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup` starts a process
+    try:
+        with StopSignals():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 STOP_SIGNALS_SCRIPT = textwrap.dedent(

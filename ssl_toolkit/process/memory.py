@@ -9,6 +9,7 @@ above. A launcher measures a child process from outside with the same quantity (
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from pathlib import Path
@@ -69,3 +70,25 @@ def child_peak_memory_mb(rusage) -> float:
     """A waited child's high-water mark (MiB) from its `resource.struct_rusage` (its own waited children
     included)."""
     return rusage.ru_maxrss / (MIB if sys.platform == "darwin" else 1024)
+
+
+MEMORY_LIMIT_VARIABLE = "SSL_TOOLKIT_MEMORY_LIMIT_MB"
+
+
+def limit_memory_from_environment() -> int | None:
+    """Cap this process's address space at what it maps now plus `$SSL_TOOLKIT_MEMORY_LIMIT_MB` MiB, so
+    that an allocation past it fails at once (an out-of-memory error, as a GPU's would) instead of swapping;
+    returns the cap in MiB, or None without the variable.
+
+    Called once the command's libraries are imported: PyTorch alone maps gigabytes of address space (3.8 GB
+    with CUDA's libraries), so a limit counted from zero would stop the import itself, not the run.
+    """
+    value = os.environ.get(MEMORY_LIMIT_VARIABLE)
+    if not value:
+        return None
+    mapped = _status_mib("VmSize")
+    if mapped is None:  # not Linux: nothing to count from
+        return None
+    cap_mib = int(mapped + float(value))
+    resource.setrlimit(resource.RLIMIT_AS, (cap_mib << 20, cap_mib << 20))
+    return cap_mib
