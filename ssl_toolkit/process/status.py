@@ -129,7 +129,8 @@ def mentions_out_of_memory(text: str) -> bool:
 def status_of_exit_code(exit_code: int) -> tuple[Status, str]:
     """The status and message of a process that left no outcome file, from its exit code alone.
 
-    A process killed by SIGKILL that nobody here sent is most often the kernel's OOM killer.
+    A SIGKILL says nothing of why: an operator, a scheduler's hard time limit or the kernel's OOM killer
+    sends it alike. It is a failure (the last checkpoint is kept: rerun to resume), not an out-of-memory.
     """
     if exit_code == 0:
         return Status.OK, ""
@@ -137,9 +138,9 @@ def status_of_exit_code(exit_code: int) -> tuple[Status, str]:
     if number is not None and number in signal.Signals._value2member_map_:
         name = signal.Signals(number).name
         if number == signal.SIGKILL:
-            return (
-                Status.OUT_OF_MEMORY,
-                f"killed by {name} ({OUT_OF_MEMORY_WORDS}, as the kernel's OOM killer ends)",
+            return Status.ERROR, (
+                f"killed by {name}, which no process can catch: by someone, by a scheduler's hard time limit "
+                "or by the kernel short of memory (see `dmesg`); its last checkpoint is kept, rerun to resume"
             )
         return Status.INTERRUPTED, f"killed by {name} before it could record how it ended"
     for status in Status:

@@ -56,7 +56,7 @@ def test_a_killed_subprocess_is_told_by_its_exit_code_and_a_stale_outcome_is_not
     )
     finished = Subprocess().run(Command.of_script(script, ["die"]), outcome=outcome)
     assert finished.exit_code == -signal.SIGKILL
-    assert finished.outcome.status is Status.OUT_OF_MEMORY and "SIGKILL" in finished.outcome.message
+    assert finished.outcome.status is Status.ERROR and "killed by SIGKILL" in finished.outcome.message
 
 
 def test_without_an_outcome_path_a_temporary_one_is_used_and_removed(script, tmp_path, monkeypatch):
