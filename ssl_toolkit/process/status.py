@@ -8,6 +8,8 @@ traceback is kept and it ends with status `error`.
 from __future__ import annotations
 
 import enum
+import errno
+import os
 import signal
 import sys
 from typing import ClassVar
@@ -81,6 +83,12 @@ class RunFailure(Exception):
     step: int | None = None
 
 
+class UnusablePath(RunFailure):
+    """The file system refused a path: read-only, not permitted, or full; the message names the path."""
+
+    status = Status.BAD_INPUT
+
+
 class OutOfMemory(RunFailure):
     """The run could not allocate memory on its accelerator or on the host; the message says what to lower."""
 
@@ -100,6 +108,9 @@ def as_failure(error: BaseException, memory_advice: str = GENERIC_MEMORY_ADVICE)
     `memory_advice`); None for a bug."""
     if isinstance(error, RunFailure):
         return error
+    refused = _refused_path(error)
+    if refused is not None:
+        return refused
     torch = sys.modules.get("torch")  # a process that never imported torch has no torch errors
     if (torch is not None and isinstance(error, torch.OutOfMemoryError)) or (
         isinstance(error, RuntimeError) and any(phrase in str(error) for phrase in GPU_ALLOCATION_PHRASES)
@@ -114,6 +125,25 @@ def as_failure(error: BaseException, memory_advice: str = GENERIC_MEMORY_ADVICE)
     # PyTorch's own message (what it tried to allocate) is kept, on the same line as the advice.
     detail = " ".join(str(error).split()) or type(error).__name__
     return OutOfMemory(f"{OUT_OF_MEMORY_WORDS} {where}: {memory_advice} ({detail})")
+
+
+# What the file system can refuse that the user can fix: the path's permissions, its mount, its free space.
+REFUSED_PATH_ERRNOS = {
+    errno.EROFS: "make it writable or choose a path on a writable file system",
+    errno.EACCES: "fix its permissions or choose another path",
+    errno.EPERM: "fix its permissions or choose another path",
+    errno.ENOSPC: "free space on its file system, then run the command again (a run resumes)",
+    errno.EDQUOT: "free space within the quota, then run the command again (a run resumes)",
+}
+
+
+def _refused_path(error: BaseException) -> UnusablePath | None:
+    """An OSError of a path that the user can fix (read-only, not permitted, full) as UnusablePath."""
+    if not isinstance(error, OSError) or error.errno not in REFUSED_PATH_ERRNOS:
+        return None
+    path = error.filename if error.filename is not None else "a file"
+    reason = error.strerror or os.strerror(error.errno)
+    return UnusablePath(f"{path}: {reason}; {REFUSED_PATH_ERRNOS[error.errno]}")
 
 
 def mentions_out_of_memory(text: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 
 import pytest
@@ -31,6 +32,9 @@ from ssl_toolkit.training.stop_signals import TrainingInterrupted
         (MemoryError(), Status.OUT_OF_MEMORY, 5),
         (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"), Status.OUT_OF_MEMORY, 5),
         (RuntimeError("CUDA error: out of memory\nCompile with TORCH_USE_CUDA_DSA"), Status.OUT_OF_MEMORY, 5),
+        (OSError(errno.EROFS, "Read-only file system", "/mnt/runs/a"), Status.BAD_INPUT, 2),
+        (PermissionError(errno.EACCES, "Permission denied", "/mnt/runs/a"), Status.BAD_INPUT, 2),
+        (OSError(errno.ENOSPC, "No space left on device", "/mnt/runs/a"), Status.BAD_INPUT, 2),
     ],
 )
 def test_each_failure_a_user_can_act_on_has_its_status_and_exit_code(error, status, code):
@@ -38,6 +42,8 @@ def test_each_failure_a_user_can_act_on_has_its_status_and_exit_code(error, stat
     assert failure.status is status and failure.status.exit_code == code
     if status is Status.OUT_OF_MEMORY:
         assert isinstance(failure, OutOfMemory) and "lower the batch" in str(failure)
+    if isinstance(error, OSError) and not isinstance(error, StorageFull):  # the path, and what to do
+        assert str(failure).startswith("/mnt/runs/a: ") and ";" in str(failure)
 
 
 def test_a_bug_is_no_failure_and_ends_with_status_error():
