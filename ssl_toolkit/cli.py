@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ssl_toolkit import __version__
-from ssl_toolkit.config import ConfigError, add_recipe_arguments, packaged_recipes
+from ssl_toolkit.config import CommandLineParser, ConfigError, add_recipe_arguments, packaged_recipes
 from ssl_toolkit.eval.defaults import (
     FINETUNE_EPOCHS,
     FINETUNE_EPOCHS_FEW_LABELS,
@@ -256,9 +256,7 @@ def _evaluation_parser(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ssl-toolkit", description="Self-supervised pretraining and evaluation."
-    )
+    parser = CommandLineParser(prog="ssl-toolkit", description="Self-supervised pretraining and evaluation.")
     parser.add_argument("--version", action="version", version=f"ssl-toolkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     pretrain = add_recipe_arguments(commands.add_parser("pretrain", help="pretrain an encoder from a recipe"))

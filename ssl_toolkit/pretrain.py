@@ -6,7 +6,6 @@ builds its parts through `ssl_toolkit.build`, then runs one loop for every loss 
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ssl_toolkit import build, distributed
-from ssl_toolkit.config import Config, add_recipe_arguments, load_config, save_config
+from ssl_toolkit.config import CommandLineParser, Config, add_recipe_arguments, load_config, save_config
 from ssl_toolkit.encoder_file import save_run_encoder
 from ssl_toolkit.files import writing
 from ssl_toolkit.kinds import create_data_kind
@@ -210,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m ssl_toolkit.pretrain RECIPE [section.key=value ...]`; the exit code is `ExitCode`'s: 0 done,
     2 a bad config or input or a full disk, 3 the loss diverged, 4 stopped by a signal or a lost peer with the
     run resumable, 5 short of memory."""
-    parser = argparse.ArgumentParser(prog="ssl_toolkit.pretrain", description=__doc__)
+    parser = CommandLineParser(prog="ssl_toolkit.pretrain", description=__doc__)
     args = add_recipe_arguments(parser).parse_args(argv)
     stop_with_parent()
     limit_memory_from_environment()  # a study's memory_limit_mb, counted from the libraries loaded now

@@ -5,6 +5,7 @@ below it receives explicit arguments, never the config.
 """
 
 from ssl_toolkit.config.parse import (
+    CommandLineParser,
     add_recipe_arguments,
     config_from_dict,
     load_config,
@@ -33,6 +34,7 @@ __all__ = [
     "CHOICES",
     "SECTIONS",
     "AugmentSection",
+    "CommandLineParser",
     "Config",
     "ConfigError",
     "DataSection",

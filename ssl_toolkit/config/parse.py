@@ -138,6 +138,42 @@ def config_keys() -> list[str]:
     return keys
 
 
+def coerce_value(key: str, value: Any) -> Any:
+    """`value` as config key `key` (`section.key`, or a top-level key) reads it from a recipe or an override:
+    `1e-3` a float, `32` for a float key 32.0. A loss option takes the type that the losses which have it
+    give it (unchanged where they differ), and null drops it, as an override does.
+
+    Raises:
+        ConfigError: an unknown key, or a value that is not of the key's type; the message names it.
+    """
+    section_name, _, name = key.rpartition(".")
+    if not section_name:
+        hints = typing.get_type_hints(Config)
+        if key not in hints or key in SECTIONS:
+            raise ConfigError(f"unknown config key {key!r}")
+        return _coerce(value, hints[key], key)
+    if section_name not in SECTIONS:
+        raise ConfigError(f"unknown config key {key!r}")
+    hints = typing.get_type_hints(type(getattr(Config(), section_name)))
+    if name in hints and name != "options":
+        return _coerce(value, hints[name], key)
+    if section_name != "loss":
+        raise ConfigError(f"unknown config key {key!r}")
+    if value is None:
+        return None
+    from ssl_toolkit.losses import LOSSES
+
+    annotations = [
+        typing.get_type_hints(loss.__init__).get(name, Any)
+        for loss in LOSSES.values()
+        if name in inspect.signature(loss.__init__).parameters
+    ]
+    if not annotations:
+        raise ConfigError(f"unknown config key {key!r}")
+    typed = [annotation for annotation in dict.fromkeys(annotations) if annotation is not Any]
+    return _coerce(value, typed[0], key) if len(typed) == 1 else value
+
+
 def _validate_resume_allow(allowed: list[str]) -> None:
     valid = [*config_keys(), *RESUME_ALLOW_SPECIAL]
     for item in allowed:
@@ -278,6 +314,13 @@ def load_config(
         _validate_resume_allow(config.train.resume_allow)
         validate(config, loss_needs_class_labels=getattr(loss_class, "needs_class_labels", False))
     return config
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line naming the command and its `--help`, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
