@@ -146,7 +146,8 @@ def run_entry_point(body: Callable[[], object], memory_advice: str = GENERIC_MEM
         failure = as_failure(error, memory_advice)
         if failure is None:
             raise
-        print(f"error: {failure}", file=sys.stderr, flush=True)
+        # One line, whatever the message holds (a YAML parser's report spans several).
+        print(f"error: {' '.join(str(failure).split())}", file=sys.stderr, flush=True)
         return outcome.exit_code
     code = returned if isinstance(returned, int) else 0  # a command may end with a code of its own
     record(Outcome(Status.OK) if code == 0 else Outcome.of_exit_code(code))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A dataset's files are not where we looked; the message names every path and how to get the data.
+    """A dataset's files are not where we looked; the message (one line) names every path and how to get
+    the data.
 
     Args:
         dataset: The registered dataset name, e.g. "fashion_mnist".
@@ -23,10 +24,11 @@ class DatasetNotFoundError(FileNotFoundError):
         self.searched = [str(path) for path in searched]
         self.how_to_get = how_to_get
         self.reason = reason
-        looked_at = "\n".join(f"  {path}" for path in self.searched) or "  (no path: data.root is not set)"
-        detail = f"\n{reason}" if reason else ""
+        # One line, as every error a command prints: the paths separated by commas.
+        looked_at = ", ".join(self.searched) or "no path (data.root is not set)"
+        detail = f"; {reason}" if reason else ""
         super().__init__(
-            f"dataset {dataset!r} not found; looked at:\n{looked_at}{detail}\nTo get it: {how_to_get}"
+            f"dataset {dataset!r} not found; looked at: {looked_at}{detail}; to get it: {how_to_get}"
         )
 
     def __reduce__(self):
