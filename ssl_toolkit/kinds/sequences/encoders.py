@@ -18,6 +18,8 @@ from torch import nn
 from ssl_toolkit.encoder import Encoder, ProjectionHead
 from ssl_toolkit.kinds.sequences.views import PaddedEvents
 
+TRANSFORMER_MAX_LENGTH = 1024  # the learned positions of the transformer: model.backbone_args.max_length
+
 
 class FieldEmbedder(nn.Module):
     """Each event → one vector: an embedding per categorical field, standardised numeric fields, joined.
@@ -108,7 +110,7 @@ class TransformerBackbone(nn.Module):
         d_model: int = 128,
         num_layers: int = 2,
         num_heads: int = 4,
-        max_length: int = 1024,
+        max_length: int = TRANSFORMER_MAX_LENGTH,
     ):
         super().__init__()
         self.embedder = embedder
@@ -152,6 +154,15 @@ class SequenceEncoderSpec:
     backbone_args: dict = field(default_factory=dict)
     proj_hidden_dim: int | None = None
     proj_dim: int = 128
+
+
+def longest_sequence(spec: SequenceEncoderSpec) -> int | None:
+    """The most events a sequence may have for `spec`'s backbone (the transformer's `max_length`, its number
+    of learned positions), or None where any length goes (or the argument is one the build will refuse)."""
+    if spec.backbone != "transformer":
+        return None
+    limit = spec.backbone_args.get("max_length", TRANSFORMER_MAX_LENGTH)
+    return limit if isinstance(limit, int) else None
 
 
 def create_sequence_encoder(spec: SequenceEncoderSpec) -> Encoder:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,9 +13,13 @@ from torch.utils.data import Dataset
 
 from ssl_toolkit.config import ConfigError
 from ssl_toolkit.kinds.base import DataKind, TrainingData, register_data_kind
-from ssl_toolkit.kinds.sequences.encoders import SequenceEncoderSpec, create_sequence_encoder
+from ssl_toolkit.kinds.sequences.encoders import (
+    SequenceEncoderSpec,
+    create_sequence_encoder,
+    longest_sequence,
+)
 from ssl_toolkit.kinds.sequences.events import Events, EventSequences, synthetic_events, train_test_clients
-from ssl_toolkit.kinds.sequences.tables import read_events
+from ssl_toolkit.kinds.sequences.tables import LABELS_FILE, read_events
 from ssl_toolkit.kinds.sequences.ucr import UCR_DATASETS, load_ucr
 from ssl_toolkit.kinds.sequences.views import PaddedEvents, SliceViews, pad_events
 
@@ -210,6 +215,30 @@ class SequenceKind(DataKind):
             spec if isinstance(spec, SequenceEncoderSpec) else cls.spec_from_dict(spec)
         )
 
+    def create_encoder(self) -> nn.Module:
+        # Pretraining reads slices, evaluation whole clients: a client longer than the encoder takes would
+        # fail only at the probe, after the whole pretraining. The table's clients are all in memory; a UCR
+        # archive's test file is left to the evaluation, which checks it too.
+        clients = self.pretraining_split()
+        if self.config.data.name not in UCR_DATASETS:
+            clients = self._clients()
+        self._check_lengths(clients, "", "set model.backbone_args.max_length={length} or more")
+        return super().create_encoder()
+
+    def _check_lengths(self, clients: EventSequences, where: str, fix: str) -> None:
+        """A ConfigError when a client of `clients` is longer than the encoder takes (the transformer's
+        max_length); `where` names the clients' split in the message, `fix` says what to do (`{length}`: the
+        longest client's)."""
+        limit = longest_sequence(self.encoder_spec())
+        if limit is None or len(clients) == 0 or int(clients.lengths.max()) <= limit:
+            return
+        longest = int(clients.lengths.argmax())
+        length = int(clients.lengths[longest])
+        raise ConfigError(
+            f"model.backbone_args.max_length={limit}, but client {clients.ids[longest]!r}{where} has "
+            f"{length} events and evaluation embeds each client whole; {fix.format(length=length)}"
+        )
+
     # -- evaluation ---------------------------------------------------------------------------------------
     def measure_preprocessing(self) -> dict:
         # The whole pretraining split even with data.fraction, as for images' normalisation.
@@ -230,8 +259,45 @@ class SequenceKind(DataKind):
         return lambda events: {name: events[name] for name in fields}
 
     def evaluation_dataset(self, split: str) -> EvaluationSequences:
+        """The labelled clients of `split`, whole: unlabelled ones pretrain only, as no probe can score them.
+
+        Raises:
+            ConfigError: `split` has no labelled client, or a client longer than the encoder takes.
+        """
         stats = self.preprocessing()
-        return EvaluationSequences(self.dataset(split), [*stats["categorical"], *stats["numeric"]])
+        clients = self.dataset(split)
+        if bool((clients.targets < 0).any()):
+            clients = clients.select(torch.nonzero(clients.targets >= 0).squeeze(1))
+        if len(clients) == 0:
+            raise ConfigError(self._no_labelled_clients(split))
+        fix = (
+            "pretrain again with a larger model.backbone_args.max_length (the transformer's positions are "
+            "learned), or leave that client's oldest events out of the table"
+        )
+        self._check_lengths(clients, f" of the {split} split", fix)
+        return EvaluationSequences(clients, [*stats["categorical"], *stats["numeric"]])
+
+    def _no_labelled_clients(self, split: str) -> str:
+        """Why `split` has no labelled client to evaluate, and how to give it some."""
+        data = self.config.data
+        if data.name != "events":
+            return f"data.name={data.name!r}: the {split} split has no labelled client to evaluate"
+        labels = Path(data.root) / LABELS_FILE
+        if not labels.is_file():
+            return (
+                f"{labels} does not exist, so no client has a class to evaluate; write it with columns id, "
+                "target and optionally split (train or test)"
+            )
+        if split == "test":
+            return (
+                f"{labels} puts no client in the test split, which evaluation scores: give it a split column "
+                "(train or test) with some test rows (without one, a seeded 80/20 split takes test clients "
+                "only from the classes with 2 or more clients)"
+            )
+        return (
+            f"{labels} puts no client in the train split, which evaluation fits on: give some of its rows "
+            "split train"
+        )
 
     def evaluation_collate(self, items: list) -> tuple[PaddedEvents, torch.Tensor, torch.Tensor]:
         events, targets, readable = zip(*items, strict=True)

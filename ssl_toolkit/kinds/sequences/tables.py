@@ -1,16 +1,17 @@
 """A user's own events table: `events.parquet` or `events.csv` (+ optional `labels.csv`) → EventSequences.
 
-`events.*` has one row per event: `id` (the client), `time` (a number, or an ISO date-time) and the
-fields the recipe names in `data.categorical` / `data.numeric`. `labels.csv` has `id`, `target` and an
-optional `split` (`train` / `test`); clients without a label are unlabelled pretraining data. Every problem
-with the files is a `TableError` naming the file, the column and the fix.
+`events.*` has one row per event: `id` (the client), `time` (a number, or an ISO date-time: all with a
+time zone, or all without) and the fields the recipe names in `data.categorical` / `data.numeric`.
+`labels.csv` has `id`, `target` and an optional `split` (`train` / `test`); clients without a label are
+unlabelled pretraining data. CSV files are UTF-8, with or without a byte-order mark (Excel's "CSV UTF-8").
+Every problem with the files is a `TableError` naming the file, the row or column and the fix.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -46,7 +47,8 @@ def _read_columns(path: Path, wanted: list[str], optional: tuple[str, ...] = ())
             name: table.column(name).to_pylist() for name in [*wanted, *(o for o in optional if o in names)]
         }
     try:
-        with path.open(newline="") as handle:
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would join the first name.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             if header is None:
@@ -56,11 +58,19 @@ def _read_columns(path: Path, wanted: list[str], optional: tuple[str, ...] = ())
             wanted = [*wanted, *(name for name in optional if name in header)]
             positions = [header.index(name) for name in wanted]
             columns: dict[str, list] = {name: [] for name in wanted}
-            for line, row in enumerate(reader, start=2):
+            for row in reader:
                 if not row:
                     continue
                 if len(row) < len(header):
-                    raise TableError(f"{path}, line {line}: {len(row)} values for {len(header)} columns")
+                    raise TableError(
+                        f"{path}, line {reader.line_num}: {len(row)} values for {len(header)} columns; "
+                        "give every row a value (empty if need be) for each column"
+                    )
+                if len(row) > len(header):  # a value with an unquoted comma, or a column without a name
+                    raise TableError(
+                        f"{path}, line {reader.line_num}: {len(row)} values for {len(header)} columns; quote "
+                        "values that hold a comma, or name every column in the header"
+                    )
                 for name, position in zip(wanted, positions, strict=True):
                     columns[name].append(row[position])
     except UnicodeDecodeError:
@@ -104,30 +114,67 @@ def _is_number(value) -> bool:
     return True
 
 
-def _times(path: Path, values: list) -> torch.Tensor:
-    """Numbers as they are; ISO date-times as seconds since the epoch."""
-    try:
-        return _numbers(path, "time", values)
-    except TableError:
-        pass
-    seconds = []
-    for row, value in enumerate(values):
-        if isinstance(value, datetime):
-            seconds.append(value.timestamp())
-            continue
+def _time_style(value) -> tuple[str, datetime | None]:
+    """What kind of time `value` is: "number", "zoned" or "naive" (a date-time, parsed), or "bad"."""
+    if isinstance(value, datetime):
+        moment = value
+    elif _is_number(value):
+        return "number", None
+    else:
         try:
-            seconds.append(datetime.fromisoformat(str(value)).timestamp())
+            moment = datetime.fromisoformat(str(value))
         except ValueError:
-            if _is_number(value):
-                raise TableError(
-                    f"{path}: column 'time' mixes numbers and date-times (row {row + 1}: {value!r}); "
-                    "write every time the same way"
-                ) from None
+            return "bad", None
+    return ("naive" if moment.utcoffset() is None else "zoned"), moment
+
+
+def _times(path: Path, values: list) -> torch.Tensor:
+    """Numbers as they are; ISO date-times as seconds, for ordering the events.
+
+    Date-times with a zone are instants. Those without one are wall-clock times and stay so: they are
+    counted as if in UTC, never in the machine's zone, so that every machine orders a table alike. No
+    order between the two is right, so a column mixing them (or numbers and date-times) is refused.
+    """
+    try:
+        return _numbers(path, "time", values)  # the usual column, in one pass
+    except TableError:
+        pass  # date-times, or a value to name below
+    first: dict[str, int] = {}  # each style → its first row
+    moments = []
+    for row, value in enumerate(values):
+        style, moment = _time_style(value)
+        if style == "bad":
+            blank = value is None or str(value).strip() == ""
             raise TableError(
-                f"{path}: column 'time', row {row + 1}: {value!r} is neither a number nor an ISO date-time "
-                "(e.g. 2024-03-01T12:30:00)"
-            ) from None
-    return torch.tensor(seconds, dtype=torch.float64)
+                f"{path}: column 'time', row {row + 1}: "
+                + (
+                    "the time is missing; give every event a time"
+                    if blank
+                    else f"{value!r} is neither a number nor an ISO date-time (e.g. 2024-03-01T12:30:00)"
+                )
+            )
+        first.setdefault(style, row)
+        moments.append(moment)
+    if "number" in first:
+        if len(first) > 1:
+            date_row = min(first.get("zoned", len(values)), first.get("naive", len(values)))
+            raise TableError(
+                f"{path}: column 'time' mixes numbers and date-times (row {first['number'] + 1}: "
+                f"{values[first['number']]!r}, row {date_row + 1}: {values[date_row]!r}); write every time "
+                "the same way"
+            )
+        return _numbers(path, "time", values)
+    if len(first) > 1:
+        zoned, naive = first["zoned"], first["naive"]
+        raise TableError(
+            f"{path}: column 'time' mixes date-times with a time zone (row {zoned + 1}: {values[zoned]!r}) "
+            f"and without one (row {naive + 1}: {values[naive]!r}); give every time a zone (e.g. "
+            "2024-03-01T12:30:00+00:00) or none"
+        )
+    return torch.tensor(
+        [(m if m.utcoffset() is not None else m.replace(tzinfo=timezone.utc)).timestamp() for m in moments],
+        dtype=torch.float64,
+    )
 
 
 def _codes(values: list) -> tuple[torch.Tensor, int]:
@@ -216,6 +263,12 @@ def _read_labels(
         raise TableError(
             f"{path}: id(s) {', '.join(map(repr, repeated[:3]))} appear more than once; give each client "
             "one row"
+        )
+    blank = next((row for row, value in enumerate(columns["target"]) if not str(value).strip()), None)
+    if blank is not None:
+        raise TableError(
+            f"{path}, row {blank + 1}: client {str(columns['id'][blank])!r} has a blank target; give it a "
+            "class, or leave it out of labels.csv (a client without a label is unlabelled pretraining data)"
         )
     classes = sorted({str(value) for value in columns["target"]}, key=_class_order)
     index_of = {name: index for index, name in enumerate(classes)}
